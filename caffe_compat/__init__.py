@@ -1,0 +1,27 @@
+"""caffe_compat: load, run, fine-tune and convert models of the segaware Caffe fork in PyTorch.
+
+Quick start::
+
+    import caffe_compat
+    net = caffe_compat.Net("deploy.prototxt", weights="model.caffemodel", phase="TEST")
+    out = net(data=image_tensor)          # {output blob: tensor}
+    net.blobs["fc8"], net.params["conv1_1"][0]
+"""
+from __future__ import annotations
+
+import logging
+
+from .errors import (CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError,
+                     PrototxtError, ShapeError, TemplateError, UnknownLayerError, WeightsError)
+from .layers import REGISTRY, BuildContext, Layer, register_layer
+from .net import Net
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "Net", "Layer", "BuildContext", "register_layer", "REGISTRY",
+    "CaffeCompatError", "DataError", "LayerConfigError", "NetError", "NotSupportedError",
+    "PrototxtError", "ShapeError", "TemplateError", "UnknownLayerError", "WeightsError",
+]

@@ -1,0 +1,200 @@
+"""The layer base class and the registry of Caffe layer types.
+
+A layer is a small :class:`torch.nn.Module` built from one ``LayerParameter``
+message and the shapes of its bottoms.  It parses and validates its parameters
+once in ``__init__``, declares its learnable blobs (in Caffe's blob order) with
+:meth:`Layer.add_blob`, and computes ``forward(*bottoms) -> tuple of tops``.
+
+The net builder (:mod:`caffe_compat.net`) never mentions a layer type: it looks
+the type name up in :data:`REGISTRY`.  Users add their own types with
+:func:`register_layer`.
+
+Shape inference runs each layer on tensors of the ``meta`` device inside
+:func:`shape_only`; layers with side effects (data readers, file writers,
+stateful counters) check :func:`in_shape_pass` and return empty meta tensors
+of the right shape instead of reading or writing anything.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type
+
+import torch
+from torch import nn
+
+from ..errors import LayerConfigError, ShapeError, UnknownLayerError, layer_error
+
+#: Refuse any single blob with more elements than this (before allocating).
+MAX_BLOB_ELEMENTS = 2 ** 34
+
+_SHAPE_PASS = contextvars.ContextVar("caffe_compat_shape_pass", default=False)
+
+
+@contextlib.contextmanager
+def shape_only():
+    """Context in which layers compute shapes only (meta tensors, no side effects)."""
+    token = _SHAPE_PASS.set(True)
+    try:
+        yield
+    finally:
+        _SHAPE_PASS.reset(token)
+
+
+def in_shape_pass() -> bool:
+    """True while the net infers shapes on the meta device."""
+    return _SHAPE_PASS.get()
+
+
+@dataclass
+class BuildContext:
+    """What a layer may know about the net it is built into.
+
+    Attributes:
+        phase: ``"TRAIN"`` or ``"TEST"``.
+        generator: seeded RNG for fillers (CPU generator).
+        device: device the learnable blobs are created on (``"meta"`` builds
+            a net for shape inspection without allocating weights).
+        dtype: floating dtype of blobs and activations (float32 as in Caffe).
+        source: name of the prototxt, for error messages.
+        root: folder the prototxt lives in (data layers resolve nothing
+            relative to it; Caffe prepends ``root_folder`` verbatim).
+    """
+
+    phase: str = "TEST"
+    generator: Optional[torch.Generator] = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    source: str = "<string>"
+    root: str = ""
+
+
+def check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
+    """Validate a blob shape: non-negative ints and a sane element count."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"{what}: negative dimension in shape {list(shape)}")
+    count = math.prod(shape)
+    if count > MAX_BLOB_ELEMENTS:
+        raise ShapeError(
+            f"{what}: shape {list(shape)} has {count} elements, more than the limit "
+            f"{MAX_BLOB_ELEMENTS} (refusing to allocate)")
+    return shape
+
+
+class Layer(nn.Module):
+    """Base class of every Caffe layer.
+
+    Subclasses set the class attributes below, parse ``self.param`` in
+    ``__init__`` (after calling ``super().__init__``) and implement
+    ``forward(*bottoms)`` returning a tuple of top tensors.
+
+    Class attributes:
+        type_name: the Caffe type string (set by :func:`register_layer`).
+        num_bottoms: ``(min, max)`` number of bottoms (max ``None`` = unbounded).
+        num_tops: ``(min, max)`` number of tops listed in the prototxt.
+        auto_tops: if set, Caffe's ``AutoTopBlobs``: the layer always produces
+            this many tops, and the net names the unlisted ones ``(automatic)``.
+        is_loss: the first top is a loss (default ``loss_weight`` 1).
+    """
+
+    type_name: ClassVar[str] = ""
+    num_bottoms: ClassVar[Tuple[int, Optional[int]]] = (1, 1)
+    num_tops: ClassVar[Tuple[int, Optional[int]]] = (1, 1)
+    auto_tops: ClassVar[Optional[int]] = None
+    is_loss: ClassVar[bool] = False
+
+    def __init__(self, param, bottom_shapes: Sequence[Sequence[int]], ctx: BuildContext):
+        super().__init__()
+        self.name: str = param.name
+        self.param = param
+        self.ctx = ctx
+        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        self.blobs = nn.ParameterList()
+        self._check_counts(len(bottom_shapes), "bottom", self.num_bottoms)
+        n_tops = len(param.top)
+        lo, hi = self.num_tops
+        if self.auto_tops is not None:
+            lo, hi = min(lo, n_tops), max(self.auto_tops, n_tops if hi is None else hi)
+        self._check_counts(n_tops, "top", (lo, hi))
+
+    # -- helpers for subclasses -------------------------------------------------
+    def _check_counts(self, n: int, what: str, bounds) -> None:
+        lo, hi = bounds
+        if n < lo or (hi is not None and n > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise self.error(f"needs {want} {what} blob(s), got {n}")
+
+    def error(self, message: str, cls=LayerConfigError):
+        """An exception naming this layer; ``raise self.error("...")``."""
+        return layer_error(self.name, self.type_name or type(self).__name__, message, cls)
+
+    def add_blob(self, shape: Sequence[int], init) -> nn.Parameter:
+        """Create the next learnable blob (Caffe order).
+
+        Args:
+            shape: blob shape (may be ``()`` for Caffe's 0-axis scalar blobs).
+            init: a ``FillerParameter`` message, or a callable
+                ``init(tensor, generator)`` filling the tensor in place.
+        """
+        from ..fillers import fill  # local import: fillers imports nothing of ours
+
+        shape = check_shape(shape, f"layer '{self.name}' blob {len(self.blobs)}")
+        data = torch.empty(shape, dtype=self.ctx.dtype, device=self.ctx.device)
+        if data.device.type != "meta":
+            with torch.no_grad():
+                if callable(init):
+                    init(data, self.ctx.generator)
+                else:
+                    fill(data, init, self.ctx.generator, where=f"layer '{self.name}'")
+        p = nn.Parameter(data)
+        self.blobs.append(p)
+        return p
+
+    def has(self, msg, field_name: str) -> bool:
+        """proto2 presence of an optional field (Caffe's ``has_...()``)."""
+        return msg.HasField(field_name)
+
+    # -- API -----------------------------------------------------------------
+    def forward(self, *bottoms):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+REGISTRY: Dict[str, Type[Layer]] = {}
+
+
+def register_layer(type_name: str, *aliases: str) -> Callable[[Type[Layer]], Type[Layer]]:
+    """Class decorator registering a :class:`Layer` under Caffe type names.
+
+    Re-registering a name replaces the previous class (so users can override
+    a built-in layer on purpose).
+    """
+
+    def deco(cls: Type[Layer]) -> Type[Layer]:
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise TypeError(f"register_layer({type_name!r}) expects a Layer subclass, got {cls!r}")
+        cls.type_name = type_name
+        for name in (type_name,) + aliases:
+            REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_layer_class(type_name: str, layer_name: str = "?") -> Type[Layer]:
+    """Look a type name up, with an error listing the known types."""
+    from . import _load_builtin_layers
+
+    _load_builtin_layers()
+    try:
+        return REGISTRY[type_name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise UnknownLayerError(
+            f"layer '{layer_name}': unknown layer type {type_name!r}. Known types: {known}. "
+            f"Register new types with caffe_compat.register_layer.") from None

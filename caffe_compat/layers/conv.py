@@ -1,0 +1,1 @@
+"""Layer family: conv (being written)."""

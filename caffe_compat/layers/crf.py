@@ -1,0 +1,1 @@
+"""Layer family: crf (being written)."""

@@ -1,0 +1,1 @@
+"""Layer family: elementwise (being written)."""

@@ -1,0 +1,1 @@
+"""Layer family: losses (being written)."""

@@ -1,0 +1,1 @@
+"""Layer family: normalization (being written)."""

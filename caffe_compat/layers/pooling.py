@@ -1,0 +1,1 @@
+"""Layer family: pooling (being written)."""

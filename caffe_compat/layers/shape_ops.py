@@ -1,0 +1,1 @@
+"""Layer family: shape_ops (being written)."""

@@ -1,0 +1,473 @@
+"""``Net``: a Caffe network as a :class:`torch.nn.Module`, with a pycaffe-like API.
+
+The builder follows Caffe's ``Net::Init`` and knows nothing layer-specific:
+
+* layers are filtered by the net state (phase, level, stages), then built in
+  file order from the :data:`~caffe_compat.layers.REGISTRY`;
+* net inputs come from the legacy net-level ``input``/``input_shape``/
+  ``input_dim`` fields and from layers whose class says they feed net inputs
+  (``Input``);
+* every bottom must be produced by an earlier layer (or be a net input);
+  in-place layers simply overwrite the blob; a blob consumed by several layers
+  is shared (autograd sums the gradients, like Caffe's inserted ``Split``);
+* ``param { name: ... }`` shares one :class:`torch.nn.Parameter` between
+  layers; ``lr_mult: 0`` freezes a parameter (``requires_grad=False``);
+* net outputs are the blobs that no later layer consumes (Caffe's rule);
+* loss tops get their ``loss_weight`` (default 1 for loss layers).
+
+Shapes are propagated at build time by running every layer on ``meta``
+tensors, so absurd sizes are refused before anything is allocated and
+:meth:`Net.infer_shapes` costs no activations.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import prototxt as _pt
+from . import schema
+from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, ShapeError
+from .layers import BuildContext, get_layer_class, shape_only
+from .layers.base import check_shape
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+_PHASES = ("TRAIN", "TEST")
+
+
+def _meta_call(layer: nn.Module, bottoms: Sequence[torch.Tensor]):
+    """Run ``layer`` on meta tensors with meta copies of its parameters and buffers."""
+    state = {}
+    for name, t in layer.named_parameters(remove_duplicate=False):
+        state[name] = t if t.is_meta else torch.empty_like(t, device="meta")
+    for name, t in layer.named_buffers(remove_duplicate=False):
+        state[name] = t if t.is_meta else torch.empty_like(t, device="meta")
+    with shape_only():
+        return torch.func.functional_call(layer, state, tuple(bottoms))
+
+
+class Net(nn.Module):
+    """A Caffe net built from a prototxt.
+
+    Args:
+        prototxt: path of the net prototxt (text format).
+        weights: optional ``.caffemodel`` / ``.caffemodel.h5`` to load (strict).
+        phase: ``"TRAIN"`` or ``"TEST"`` (selects layers by include/exclude rules
+            and sets train/test behaviour of Dropout, BatchNorm, data layers).
+        defines: values of the ``${NAME}`` template variables.
+        level, stages: the rest of Caffe's ``NetState``.
+        seed: seed of the filler/data RNG (fillers are random when no weights
+            are given).
+        device: where parameters live; ``"meta"`` builds a shape-only net.
+        dtype: float32 (Caffe's) or float64.
+
+    Attributes (pycaffe names):
+        blobs: ordered ``name -> tensor`` of every blob of the last forward.
+        params: ordered ``layer name -> [parameter tensors]`` (Caffe blob order).
+        inputs, outputs: names of the net input / output blobs.
+        layer_names, layer_types: per layer, in net order.
+    """
+
+    def __init__(self, prototxt: Optional[PathLike] = None, weights: Optional[PathLike] = None,
+                 phase: str = "TEST", defines: Optional[Mapping[str, object]] = None, *,
+                 level: int = 0, stages: Sequence[str] = (), seed: Optional[int] = None,
+                 device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                 net_param=None, source: Optional[str] = None):
+        super().__init__()
+        if (prototxt is None) == (net_param is None):
+            raise NetError("Net() needs exactly one of a prototxt path or net_param")
+        if net_param is None:
+            self.source = str(prototxt)
+            self.text, _ = _pt.read_text(prototxt)
+            net_param = _pt.parse_net(self.text, self.source, defines)
+        else:
+            self.source = source or "<NetParameter>"
+            self.text = None
+        phase = str(phase).upper()
+        if phase not in _PHASES:
+            raise NetError(f"phase must be TRAIN or TEST, got {phase!r}")
+        self.phase = phase
+        self.defines = dict(defines or {})
+        self.level = int(level)
+        self.stages = list(stages) + [s for s in net_param.state.stage if s not in stages]
+        self.seed = seed
+        self.dtype = dtype
+        self.net_param = _pt.filter_net(net_param, phase, self.level, self.stages, self.source)
+        self.name = self.net_param.name
+        self.force_backward = bool(self.net_param.force_backward)
+        gen = torch.Generator()
+        gen.manual_seed(seed if seed is not None else torch.initial_seed() & 0x7FFFFFFF)
+        self._ctx = BuildContext(phase=phase, generator=gen, device=torch.device(device), dtype=dtype,
+                                 source=self.source,
+                                 root=str(Path(self.source).parent) if prototxt is not None else "")
+        self._build()
+        if weights is not None:
+            self.load_weights(weights)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_string(cls, text: str, weights: Optional[PathLike] = None, phase: str = "TEST",
+                    defines: Optional[Mapping[str, object]] = None, **kwargs) -> "Net":
+        """Build a net from prototxt text instead of a file."""
+        source = kwargs.pop("source", "<string>")
+        net_param = _pt.parse_net(text, source, defines)
+        net = cls(net_param=net_param, weights=weights, phase=phase, defines=defines, source=source, **kwargs)
+        net.text = text
+        return net
+
+    def _net_level_inputs(self) -> "OrderedDict[str, Tuple[int, ...]]":
+        npar, src = self.net_param, self.source
+        names = list(npar.input)
+        shapes: List[Tuple[int, ...]] = []
+        if len(npar.input_shape):
+            if len(npar.input_dim):
+                raise NetError(f"{src}: give input_shape or input_dim, not both")
+            if len(npar.input_shape) != len(names):
+                raise NetError(f"{src}: {len(names)} input(s) but {len(npar.input_shape)} input_shape(s)")
+            shapes = [tuple(s.dim) for s in npar.input_shape]
+        elif len(npar.input_dim):
+            if len(npar.input_dim) != 4 * len(names):
+                raise NetError(f"{src}: input_dim needs 4 values per input ({len(names)} inputs, "
+                               f"{len(npar.input_dim)} values)")
+            dims = list(npar.input_dim)
+            shapes = [tuple(dims[4 * i:4 * i + 4]) for i in range(len(names))]
+        elif names:
+            raise NetError(f"{src}: inputs {names} have no input_shape / input_dim")
+        out = OrderedDict()
+        for n, s in zip(names, shapes):
+            if n in out:
+                raise NetError(f"{src}: duplicate net input '{n}'")
+            out[n] = check_shape(s, f"{src}: input '{n}'")
+        return out
+
+    def _build(self) -> None:
+        src = self.source
+        self.input_shapes: "OrderedDict[str, Tuple[int, ...]]" = self._net_level_inputs()
+        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict(self.input_shapes)
+        available = list(shapes)            # Caffe's available_blobs, in insertion order
+        self.layers = nn.ModuleList()
+        self.layer_names: List[str] = []
+        self.layer_types: List[str] = []
+        self.bottom_names: List[List[str]] = []
+        self.top_names: List[List[str]] = []
+        self.loss_weights: "OrderedDict[str, float]" = OrderedDict()
+        self.param_specs: List[List[dict]] = []
+        owners: Dict[str, Tuple[int, int]] = {}
+        auto_count = 0
+        for lp in self.net_param.layer:
+            cls = get_layer_class(lp.type, lp.name)
+            where = f"{src}: layer '{lp.name}' ({lp.type})"
+            for b in lp.bottom:
+                if b not in shapes:
+                    raise NetError(f"{where}: bottom '{b}' is not produced by any earlier layer "
+                                   f"(known blobs: {', '.join(shapes) or 'none'})")
+            bottom_shapes = [shapes[b] for b in lp.bottom]
+            try:
+                layer = cls(lp, bottom_shapes, self._ctx)
+            except CaffeCompatError as e:
+                raise type(e)(f"{src}: {e}") from None
+            except (ValueError, TypeError, IndexError, RuntimeError) as e:
+                raise LayerConfigError(f"{where}: {type(e).__name__}: {e}") from e
+            idx = len(self.layers)
+            feeds = getattr(layer, "feeds_net_inputs", False)
+            tops = list(lp.top)
+            if feeds:
+                top_shapes = [check_shape(s, f"{where}: top '{t}'") for t, s in
+                              zip(tops, layer.input_shapes_for(len(tops)))]
+                for t, s in zip(tops, top_shapes):
+                    if t in self.input_shapes:
+                        raise NetError(f"{where}: duplicate net input '{t}'")
+                    self.input_shapes[t] = s
+            else:
+                try:
+                    with torch.no_grad():
+                        outs = _meta_call(layer, [torch.empty(s, device="meta", dtype=self.dtype)
+                                                  for s in bottom_shapes])
+                except CaffeCompatError as e:
+                    raise type(e)(f"{src}: {e}") from None
+                except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                    raise ShapeError(f"{where}: cannot compute its output shapes from bottoms "
+                                     f"{[list(s) for s in bottom_shapes]}: {e}") from e
+                outs = tuple(outs)
+                if len(outs) < len(tops):
+                    raise NetError(f"{where}: lists {len(tops)} tops but produces {len(outs)}")
+                while len(tops) < len(outs):   # Caffe's AutoTopBlobs
+                    auto_count += 1
+                    tops.append("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
+                top_shapes = [check_shape(o.shape, f"{where}: top '{t}'") for t, o in zip(tops, outs)]
+            for b in lp.bottom:
+                if b in available:
+                    available.remove(b)
+            for t, s in zip(tops, top_shapes):
+                shapes[t] = s
+                if t in available:
+                    available.remove(t)
+                available.append(t)
+            self._setup_params(layer, lp, idx, owners)
+            self._setup_loss(layer, lp, tops)
+            self.layers.append(layer)
+            self.layer_names.append(lp.name)
+            self.layer_types.append(lp.type)
+            self.bottom_names.append(list(lp.bottom))
+            self.top_names.append(tops)
+        self.inputs: List[str] = list(self.input_shapes)
+        self.outputs: List[str] = [b for b in available if b not in self.input_shapes or True]
+        self.blob_shapes: "OrderedDict[str, Tuple[int, ...]]" = shapes
+        self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self._input_layers = {i for i, l in enumerate(self.layers) if getattr(l, "feeds_net_inputs", False)}
+        log.debug("built net %r: %d layers, %d blobs", self.name, len(self.layers), len(shapes))
+
+    def _setup_params(self, layer, lp, idx: int, owners) -> None:
+        where = f"{self.source}: layer '{lp.name}' ({lp.type})"
+        n_blobs = len(layer.blobs)
+        if len(lp.param) > n_blobs:
+            raise LayerConfigError(f"{where}: {len(lp.param)} param specs but the layer has {n_blobs} blobs")
+        specs = []
+        for i in range(n_blobs):
+            spec = lp.param[i] if i < len(lp.param) else None
+            lr = spec.lr_mult if spec is not None and spec.HasField("lr_mult") else None
+            decay = spec.decay_mult if spec is not None and spec.HasField("decay_mult") else None
+            name = spec.name if spec is not None else ""
+            if name and name in owners:
+                o_idx, o_blob = owners[name]
+                owner_layer = self.layers[o_idx]
+                p_owner = owner_layer.blobs[o_blob]
+                mine = layer.blobs[i]
+                permissive = spec.share_mode == schema.enum_value("ParamSpec", "share_mode", "PERMISSIVE")
+                if tuple(mine.shape) != tuple(p_owner.shape) and not (
+                        permissive and mine.numel() == p_owner.numel()):
+                    raise ShapeError(f"{where}: shared param '{name}' has shape {list(mine.shape)} here but "
+                                     f"{list(p_owner.shape)} in its owner layer '{self.layer_names[o_idx]}'")
+                owner_spec = self.param_specs[o_idx][o_blob]
+                for key, val in (("lr_mult", lr), ("decay_mult", decay)):
+                    if val is None:
+                        continue
+                    if owner_spec[key + "_set"] and owner_spec[key] != val:
+                        raise LayerConfigError(f"{where}: shared param '{name}' has {key} {val} here but "
+                                               f"{owner_spec[key]} in layer '{self.layer_names[o_idx]}'")
+                    if not owner_spec[key + "_set"]:
+                        owner_spec[key], owner_spec[key + "_set"] = val, True
+                        if key == "lr_mult":
+                            p_owner.requires_grad_(val != 0)
+                if mine.shape != p_owner.shape:
+                    layer.blobs[i] = p_owner  # permissive: same storage, owner's shape
+                else:
+                    layer.blobs[i] = p_owner
+                specs.append({"name": name, "owner": (o_idx, o_blob), **{k: owner_spec[k] for k in (
+                    "lr_mult", "decay_mult", "lr_mult_set", "decay_mult_set")}})
+                continue
+            rec = {"name": name, "owner": None,
+                   "lr_mult": 1.0 if lr is None else float(lr), "lr_mult_set": lr is not None,
+                   "decay_mult": 1.0 if decay is None else float(decay), "decay_mult_set": decay is not None}
+            if name:
+                owners[name] = (idx, i)
+            layer.blobs[i].requires_grad_(rec["lr_mult"] != 0)
+            specs.append(rec)
+        self.param_specs.append(specs)
+
+    def _setup_loss(self, layer, lp, tops) -> None:
+        where = f"{self.source}: layer '{lp.name}' ({lp.type})"
+        if len(lp.loss_weight) and len(lp.loss_weight) != len(tops):
+            raise LayerConfigError(f"{where}: loss_weight must be given once per top ({len(tops)}), "
+                                   f"got {len(lp.loss_weight)}")
+        for i, t in enumerate(tops):
+            w = lp.loss_weight[i] if len(lp.loss_weight) else (1.0 if layer.is_loss and i == 0 else 0.0)
+            if w:
+                self.loss_weights[t] = float(w)
+
+    # ------------------------------------------------------------------ pycaffe-like API
+    @property
+    def params(self) -> "OrderedDict[str, List[nn.Parameter]]":
+        """``layer name -> [blobs]`` for layers with learnable blobs (first layer of a name wins)."""
+        out: "OrderedDict[str, List[nn.Parameter]]" = OrderedDict()
+        for name, layer in zip(self.layer_names, self.layers):
+            if len(layer.blobs) and name not in out:
+                out[name] = list(layer.blobs)
+        return out
+
+    def layer(self, name: str) -> nn.Module:
+        """The first layer called ``name``."""
+        try:
+            return self.layers[self.layer_names.index(name)]
+        except ValueError:
+            raise NetError(f"{self.source}: no layer named '{name}'") from None
+
+    def _device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def _prepare_input(self, name: str, value) -> torch.Tensor:
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"{self.source}: input '{name}' must be a tensor or numpy array, got {type(value).__name__}")
+        want = self.input_shapes[name]
+        if value.dim() != len(want):
+            raise ShapeError(f"{self.source}: input '{name}' has shape {list(value.shape)}, "
+                             f"expected {len(want)} axes like {list(want)}")
+        if len(want) >= 2 and value.shape[1] != want[1]:
+            raise ShapeError(f"{self.source}: input '{name}' has {value.shape[1]} channels, "
+                             f"the net was built for {want[1]} (shape {list(want)})")
+        check_shape(value.shape, f"{self.source}: input '{name}'")
+        if not value.is_floating_point():
+            value = value.to(self.dtype)
+        if value.dtype != self.dtype:
+            value = value.to(self.dtype)
+        if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+            raise DataError(f"{self.source}: input '{name}' contains NaN or Inf")
+        return value
+
+    def forward(self, **inputs) -> "OrderedDict[str, torch.Tensor]":
+        """Run the net: ``net(data=x)`` -> ``{output blob: tensor}``.
+
+        Every net input must be given (tensor or numpy array). Other spatial sizes
+        than the prototxt's work wherever the layers allow. After the call,
+        :attr:`blobs` holds every blob and :attr:`loss` the weighted loss sum.
+        """
+        unknown = [k for k in inputs if k not in self.input_shapes]
+        if unknown:
+            raise NetError(f"{self.source}: unknown input(s) {unknown}; the net's inputs are {self.inputs}")
+        missing = [k for k in self.inputs if k not in inputs]
+        if missing:
+            raise NetError(f"{self.source}: missing input(s) {missing}")
+        blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        device = self._device()
+        want_input_grad = self.force_backward and torch.is_grad_enabled()
+        for k in self.inputs:
+            x = self._prepare_input(k, inputs[k])
+            if want_input_grad and not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            blobs[k] = x
+        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
+            if i in self._input_layers:
+                continue
+            tops = layer(*[blobs[b] for b in bnames])
+            if isinstance(tops, torch.Tensor):
+                tops = (tops,)
+            if len(tops) != len(tnames):
+                raise NetError(f"{self.source}: layer '{self.layer_names[i]}' returned {len(tops)} tops, "
+                               f"expected {len(tnames)}")
+            for t, v in zip(tnames, tops):
+                if not bnames and v.device != device and v.device.type != "meta":
+                    v = v.to(device)
+                blobs[t] = v
+        self.blobs = blobs
+        self.loss = None
+        for t, w in self.loss_weights.items():
+            term = w * blobs[t].sum()
+            self.loss = term if self.loss is None else self.loss + term
+        return OrderedDict((k, blobs[k]) for k in self.outputs)
+
+    def backward(self, **top_diffs) -> "OrderedDict[str, Optional[torch.Tensor]]":
+        """Back-propagate from the outputs of the last forward (pycaffe's ``net.backward``).
+
+        ``top_diffs`` give the gradient of named output blobs; loss outputs not
+        named get their ``loss_weight`` (as Caffe), other outputs zero. Parameter
+        gradients accumulate in ``p.grad``; returns the input blobs' gradients
+        (``None`` unless ``force_backward`` made the inputs require grad).
+        """
+        if not self.blobs:
+            raise NetError(f"{self.source}: backward() needs a forward() first")
+        outs, grads = [], []
+        for name in self.outputs:
+            v = self.blobs[name]
+            if not v.requires_grad:
+                if name in top_diffs:
+                    log.debug("output %s does not depend on anything learnable; its diff is ignored", name)
+                continue
+            if name in top_diffs:
+                g = top_diffs[name]
+                g = torch.as_tensor(np.asarray(g) if not isinstance(g, torch.Tensor) else g,
+                                    dtype=v.dtype, device=v.device)
+                if g.shape != v.shape:
+                    g = g.reshape(v.shape) if g.numel() == v.numel() else None
+                    if g is None:
+                        raise ShapeError(f"{self.source}: diff for '{name}' has the wrong shape")
+            elif name in self.loss_weights:
+                g = torch.full_like(v, self.loss_weights[name])
+            else:
+                continue
+            outs.append(v)
+            grads.append(g)
+        if outs:
+            torch.autograd.backward(outs, grads)
+        return OrderedDict((k, self.blobs[k].grad if self.blobs[k].requires_grad else None) for k in self.inputs)
+
+    # ------------------------------------------------------------------ shapes
+    def infer_shapes(self, **input_shapes) -> "OrderedDict[str, Tuple[int, ...]]":
+        """Every blob's shape for the given input shapes (defaults: the prototxt's), no activations.
+
+        Runs every layer on ``meta`` tensors; data layers report the shapes their
+        parameters imply without reading files.
+        """
+        unknown = [k for k in input_shapes if k not in self.input_shapes]
+        if unknown:
+            raise NetError(f"{self.source}: unknown input(s) {unknown}; the net's inputs are {self.inputs}")
+        shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict()
+        blobs: Dict[str, torch.Tensor] = {}
+        for k, default in self.input_shapes.items():
+            s = check_shape(input_shapes.get(k, default), f"{self.source}: input '{k}'")
+            shapes[k] = s
+            blobs[k] = torch.empty(s, device="meta", dtype=self.dtype)
+        with torch.no_grad():
+            for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
+                if i in self._input_layers:
+                    continue
+                tops = _meta_call(layer, [blobs[b] for b in bnames])
+                for t, v in zip(tnames, tops):
+                    blobs[t] = v
+                    shapes[t] = check_shape(v.shape, f"{self.source}: layer '{self.layer_names[i]}' top '{t}'")
+        return shapes
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, path: PathLike, strict: bool = True):
+        """Copy weights from a ``.caffemodel`` or Caffe ``.h5`` by layer name (see :mod:`.weights`)."""
+        from .weights import load_into_net
+        return load_into_net(self, path, strict=strict)
+
+    def save(self, path: PathLike) -> None:
+        """Write the weights as a binary ``.caffemodel``, or Caffe HDF5 if ``path`` ends in ``.h5``."""
+        from .weights import save_net
+        save_net(self, path)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> str:
+        """A table of layers: name, type, bottoms -> tops, top shapes, parameter counts."""
+        rows = [("#", "name", "type", "bottoms -> tops", "top shapes", "params")]
+        total = 0
+        seen = set()
+        for i, (name, typ, bn, tn, layer) in enumerate(zip(self.layer_names, self.layer_types,
+                                                         self.bottom_names, self.top_names, self.layers)):
+            n = 0
+            for p in layer.blobs:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+            total += n
+            shp = "; ".join("x".join(map(str, self.blob_shapes.get(t, ()))) or "scalar" for t in tn)
+            rows.append((str(i), name, typ, f"{','.join(bn)} -> {','.join(tn)}", shp, f"{n:,}" if n else ""))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = [f"Net {self.name!r} ({self.phase}) from {self.source}"]
+        for j, r in enumerate(rows):
+            lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append(f"inputs: {', '.join(f'{k} {list(v)}' for k, v in self.input_shapes.items()) or 'none'}")
+        lines.append(f"outputs: {', '.join(self.outputs)}")
+        lines.append(f"learnable parameters: {total:,}")
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, phase={self.phase}, layers={len(self.layer_names)}"

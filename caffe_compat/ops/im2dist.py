@@ -1,0 +1,197 @@
+"""The fork's ``Im2dist``: distances between every pixel and its window neighbours.
+
+Shapes (NCHW, 2 spatial axes):
+
+* input ``x``: embeddings ``(N, E, H, W)``;
+* output: distances ``(N, K, Ho, Wo)`` with ``K = kh*kw`` (one channel per
+  kernel offset ``k = i*kw + j``, row-major; **no** factor ``E``: distances are
+  summed over the embedding channels) and ``Ho, Wo`` from Caffe's convolution
+  arithmetic (§0.4).  Units: the units of ``x`` (L1) or their square (L2).
+
+Semantics (LAYERS.md §2.2, golden/layers/README.md), for output entry
+``(n, k, y, x)`` with neighbour ``(hy, hx) = (y*sh - ph + i*dh, x*sw - pw + j*dw)``
+and centre ``(cy, cx) = (y*sh - ph + (kh//2)*dh, x*sw - pw + (kw//2)*dw)``:
+
+1. centre outside the image -> the whole column is **0** (whatever the flags);
+2. ``remove_center`` and ``k`` is the centre offset -> ``FLT_MAX/100``
+   (= 3.4028235e36, the float32 value, also in float64);
+3. neighbour inside -> ``sum_e |d_e|`` (L1) or ``sum_e 0.5 * d_e**2`` ("L2" is
+   **half the squared** Euclidean distance), ``d_e = x[e, cy, cx] - x[e, hy, hx]``,
+   accumulated in the input dtype in increasing ``e`` (the fork's order, so the
+   float32 forward is bit-identical);
+4. neighbour outside -> ``FLT_MAX/100`` if ``remove_bounds``, else **0** (the
+   missing neighbour contributes nothing: it looks maximally similar).
+
+Backward (custom :class:`Im2distFunction`, project policy = the fork's GPU
+rule): for every entry whose centre is inside and whose offset is not the
+centre, with ``g`` the top gradient, per channel
+``dx[e, cy, cx] += s*g`` and, if the neighbour is inside, ``dx[e, hy, hx] -= s*g``
+where ``s = d`` (L2) or ``s = sign(d)`` with ``sign(0) = 0`` (L1: an exact tie,
+an out-of-image neighbour or a removed entry contributes nothing; the fork's
+CPU code used ``sign(0) = -1``).  This is the true derivative of the forward
+wherever it is differentiable (constants ``FLT_MAX/100`` and out-of-image
+neighbours have zero derivative), and the L1 subgradient 0 at ties.
+
+Memory: the fork kept the ``(N, E*K, Ho, Wo)`` signed-difference tensor for
+backward.  This implementation never materialises it: it processes the
+embedding channels in chunks (``unfold`` of a few channels at a time, bounded
+by :data:`CHUNK_ELEMENTS` elements), accumulates into the output, saves only
+the input for backward and recomputes the differences there.  Peak extra
+memory is about two output-sized buffers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..errors import LayerConfigError, ShapeError
+from .im2col import centre_tap, output_size, unfold_args, window_masks
+
+__all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "im2dist", "im2dist_forward", "im2dist_backward",
+           "Im2distFunction", "parse_norm"]
+
+#: ``FLT_MAX/100`` computed in float32 as the fork does (3.4028235e36); used
+#: for removed centre / out-of-bounds entries in every dtype.
+FLT_MAX_OVER_100 = float(torch.tensor(torch.finfo(torch.float32).max, dtype=torch.float32) / 100)
+
+#: Upper bound on the elements of one ``unfold`` chunk (per chunk of channels).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def parse_norm(norm) -> bool:
+    """``'L1'``/``1`` -> True, ``'L2'``/``2`` -> False (returns "is L1")."""
+    if norm in ("L1", "l1", 1):
+        return True
+    if norm in ("L2", "l2", 2):
+        return False
+    raise LayerConfigError(f"im2dist: unknown norm {norm!r} (choose L1 or L2)")
+
+
+def _check_input(x: torch.Tensor, geometry, what: str = "im2dist"):
+    if x.dim() != 4:
+        raise ShapeError(f"{what}: expected a 4-D (N, E, H, W) input, got shape {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ShapeError(f"{what}: expected a floating-point input, got {x.dtype}")
+    n, e, h, w = (int(d) for d in x.shape)
+    ho, wo = output_size(h, w, geometry, what)
+    return n, e, h, w, ho, wo
+
+
+def _chunks(n: int, e: int, k: int, l: int):
+    step = max(1, CHUNK_ELEMENTS // max(1, n * k * l))
+    for s in range(0, e, step):
+        yield s, min(e, s + step)
+
+
+def _differences(x, s, t, n, k, ho, wo, kc, args):
+    """Signed differences ``centre - neighbour`` of channels ``s:t``: ``(N, t-s, K, Ho, Wo)``.
+
+    Out-of-image neighbours read 0 here (unfold padding); callers mask them.
+    """
+    cols = F.unfold(x[:, s:t], **args).view(n, t - s, k, ho, wo)
+    centre = cols[:, :, kc:kc + 1].clone()
+    # centre + (-neighbour) is bit-identical to centre - neighbour (IEEE)
+    return cols.neg_().add_(centre)
+
+
+def im2dist_forward(x: torch.Tensor, geometry, l1: bool, remove_center: bool = False,
+                    remove_bounds: bool = False) -> torch.Tensor:
+    """Forward values only (no autograd): ``(N, E, H, W) -> (N, K, Ho, Wo)``."""
+    n, e, h, w, ho, wo = _check_input(x, geometry)
+    k, kc = geometry.taps, centre_tap(geometry)
+    centre_in, nb_in = window_masks(h, w, geometry, x.device)
+    invalid = ~(nb_in & centre_in)  # (K, Ho, Wo)
+    top = x.new_zeros((n, k, ho, wo))
+    if x.numel():
+        args = unfold_args(geometry)
+        with torch.no_grad():
+            for s, t in _chunks(n, e, k, ho * wo):
+                d = _differences(x.detach(), s, t, n, k, ho, wo, kc, args)
+                contrib = d.abs_() if l1 else d.mul_(d).mul_(0.5)  # (d*d)*0.5 as the fork
+                contrib.masked_fill_(invalid, 0)
+                for c in range(t - s):  # sequential over channels: the fork's summation order
+                    top += contrib[:, c]
+    if remove_bounds:
+        top.masked_fill_(centre_in & ~nb_in, FLT_MAX_OVER_100)
+    if remove_center:
+        top[:, kc].masked_fill_(centre_in, FLT_MAX_OVER_100)
+    return top
+
+
+def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool) -> torch.Tensor:
+    """Gradient w.r.t. the embeddings (the fork's GPU rule, ``sign(0) = 0``).
+
+    Args:
+        x: embeddings ``(N, E, H, W)`` (as given to the forward).
+        grad_top: gradient of the distances ``(N, K, Ho, Wo)``.
+        geometry: the window geometry.
+        l1: L1 norm (else "L2" = half squared).
+
+    Returns:
+        ``(N, E, H, W)``.  The remove flags need not be known: removed and
+        out-of-image entries get no gradient either way.
+    """
+    n, e, h, w, ho, wo = _check_input(x, geometry)
+    k, kc = geometry.taps, centre_tap(geometry)
+    if tuple(grad_top.shape) != (n, k, ho, wo):
+        raise ShapeError(f"im2dist backward: gradient shape {list(grad_top.shape)} does not match the "
+                         f"output shape {[n, k, ho, wo]}")
+    dx = torch.zeros_like(x)
+    if not x.numel():
+        return dx
+    centre_in, nb_in = window_masks(h, w, geometry, x.device)
+    skip = ~(nb_in & centre_in)
+    skip[kc] = True  # the centre never contributes to its own gradient
+    args = unfold_args(geometry)
+    g = grad_top.to(x.dtype)[:, None]  # (N, 1, K, Ho, Wo)
+    with torch.no_grad():
+        for s, t in _chunks(n, e, k, ho * wo):
+            coef = _differences(x.detach(), s, t, n, k, ho, wo, kc, args)
+            if l1:
+                coef.sign_()  # sign(0) = 0: ties contribute nothing (GPU rule)
+            coef.mul_(g).masked_fill_(skip, 0)
+            centre_sum = coef.sum(dim=2)  # (N, t-s, Ho, Wo): what goes to each centre pixel
+            coef.neg_()  # what goes to each neighbour
+            coef[:, :, kc] = centre_sum  # centre tap slot (it was 0) carries the centre's share
+            dx[:, s:t] = F.fold(coef.view(n, (t - s) * k, ho * wo), output_size=(h, w), **args)
+    return dx
+
+
+class Im2distFunction(torch.autograd.Function):
+    """Autograd wrapper: saves only the input, recomputes differences in backward."""
+
+    @staticmethod
+    def forward(ctx, x, geometry, l1, remove_center, remove_bounds):
+        ctx.geometry, ctx.l1 = geometry, l1
+        ctx.save_for_backward(x)
+        return im2dist_forward(x, geometry, l1, remove_center, remove_bounds)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_top):
+        (x,) = ctx.saved_tensors
+        dx = im2dist_backward(x, grad_top, ctx.geometry, ctx.l1) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None, None
+
+
+def im2dist(x: torch.Tensor, geometry, norm="L2", remove_center: bool = False,
+            remove_bounds: bool = False) -> torch.Tensor:
+    """Windowed distances ``(N, E, H, W) -> (N, kh*kw, Ho, Wo)`` (see the module docstring).
+
+    Args:
+        x: embeddings, any floating dtype and device (``meta`` gives the shape only).
+        geometry: a :class:`~caffe_compat.layers.geometry.ConvGeometry`
+            (kernel, stride, pad, dilation).
+        norm: ``"L1"`` (sum of absolute differences) or ``"L2"`` (**half** the
+            sum of squared differences); also 1 / 2.
+        remove_center: write ``FLT_MAX/100`` at the centre offset.
+        remove_bounds: write ``FLT_MAX/100`` where the neighbour is outside the image.
+
+    Differentiable w.r.t. ``x`` with the custom gradient described above.
+    """
+    l1 = parse_norm(norm)
+    n, e, h, w, ho, wo = _check_input(x, geometry)
+    if x.is_meta:
+        return x.new_empty((n, geometry.taps, ho, wo))
+    return Im2distFunction.apply(x, geometry, l1, bool(remove_center), bool(remove_bounds))

@@ -1,0 +1,341 @@
+"""Reading and writing Caffe weights: binary ``.caffemodel`` and Caffe's HDF5 ``.caffemodel.h5``.
+
+Reading (:func:`read_weights`) uses the minimal ``WeightsNet`` schema (layer
+``name``/``type``/``blobs`` only), so files written by BVLC Caffe, by the fork
+at either of its schema versions, or by other tools parse even when their other
+``LayerParameter`` fields use different numbers.  ``BlobProto`` rules follow
+Caffe's ``Blob::FromProto``: legacy ``num/channels/height/width`` win when any
+is present; ``double_data`` wins when non-empty; no shape and no legacy dims is
+a 0-axis scalar blob with exactly one value.
+
+Loading into a net (:func:`load_into_net`) follows ``Net::CopyTrainedLayersFrom``:
+for each layer of the file (in file order) the *first* net layer of that name
+receives its blobs, with blob-count and shape checks (legacy 4-D shapes are
+compared right-aligned, so an old ``1x1x1xN`` bias fits ``(N,)``).  Caffe
+silently ignores file layers the net lacks and keeps filler values for net
+layers the file lacks; here ``strict=True`` turns either into an error that
+lists them, and ``strict=False`` returns the report.
+
+Writing (:func:`save_net`) emits per layer ``name``, ``type``, ``bottom``,
+``top`` and ``blobs`` (float32 ``data`` with a ``shape``), which is all Caffe's
+``CopyTrainedLayersFrom`` and OpenCV's ``readNetFromCaffe`` read from a weights
+file; layer parameters are left out on purpose, because their field numbers
+differ between BVLC Caffe, OpenCV and the fork (PROTO.md §5).  HDF5 follows
+``Net::ToHDF5``: ``/data/<layer>/<i>``, one group per layer, shared parameters
+written by their owner only.  Every file is written to a temporary name and
+renamed, so a failure never leaves a partial file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Tuple, Union
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from . import schema
+from .errors import WeightsError
+from .prototxt import V1_TYPE_NAMES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .net import Net
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class WeightBlob:
+    """One blob read from a weights file: its values and whether its shape is legacy 4-D."""
+
+    array: np.ndarray
+    legacy: bool = False
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_into_net` did.
+
+    Attributes:
+        loaded: net layer names that received blobs.
+        missing: net layers with learnable blobs that the file does not hold.
+        unexpected: file layers with blobs that no net layer is named like.
+        mismatched: human-readable descriptions of blob count/shape mismatches.
+    """
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing in file (kept their filler values): {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"in file but not in the net: {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append("mismatched: " + "; ".join(self.mismatched))
+        return "\n".join(parts) or "all layers loaded"
+
+
+# ----------------------------------------------------------------------------- reading
+def _blob_to_array(b, where: str) -> WeightBlob:
+    legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+    if legacy:
+        shape: Tuple[int, ...] = (b.num, b.channels, b.height, b.width)
+    else:
+        shape = tuple(b.shape.dim) if b.HasField("shape") else ()
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"{where}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(b.double_data):
+        data = np.asarray(b.double_data, dtype=np.float64)
+    else:
+        data = np.asarray(b.data, dtype=np.float32)
+    if data.size != count:
+        raise WeightsError(f"{where}: shape {list(shape)} needs {count} values but the file holds {data.size}")
+    return WeightBlob(data.reshape(shape), legacy)
+
+
+def _read_caffemodel(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
+    data = path.read_bytes()
+    if not data:
+        raise WeightsError(f"{path}: empty file, not a caffemodel")
+    try:
+        net = schema.WeightsNet.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise WeightsError(f"{path}: not a valid binary caffemodel (truncated or another format): {e}") from None
+    out = []
+    if len(net.layer):
+        for i, lp in enumerate(net.layer):
+            out.append((lp.name, lp.type, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}")
+                                           for j, b in enumerate(lp.blobs)]))
+    elif len(net.layers):
+        enum = schema.message_descriptor("V1LayerParameter").fields_by_name["type"].enum_type
+        for lp in net.layers:
+            ev = enum.values_by_number.get(lp.type)
+            typ = V1_TYPE_NAMES.get(ev.name, "") if ev is not None else f"<V1 type {lp.type}>"
+            out.append((lp.name, typ, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}")
+                                       for j, b in enumerate(lp.blobs)]))
+    if not out:
+        raise WeightsError(f"{path}: holds no layers; not a caffemodel (text prototxt? wrong file?)")
+    if not any(name for name, _, _ in out):
+        raise WeightsError(f"{path}: its layers have no names; not a caffemodel")
+    return out
+
+
+def _read_hdf5(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"{path}: not a readable HDF5 file: {e}") from None
+    with f:
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise WeightsError(f"{path}: HDF5 file without a 'data' group: not Caffe's .caffemodel.h5 layout "
+                               f"(top-level keys: {list(f.keys())})")
+        out = []
+        for lname, grp in f["data"].items():
+            if not isinstance(grp, h5py.Group):
+                raise WeightsError(f"{path}: /data/{lname} is not a group: not Caffe's HDF5 layout")
+            keys = list(grp.keys())
+            if any(not k.isdigit() for k in keys):
+                raise WeightsError(f"{path}: /data/{lname} holds {keys}; Caffe's layout names blobs 0, 1, ...")
+            idx = sorted(int(k) for k in keys)
+            if idx != list(range(len(idx))):
+                raise WeightsError(f"{path}: /data/{lname} blob indices {idx} are not 0..n-1")
+            blobs = []
+            for i in idx:
+                arr = np.asarray(grp[str(i)][()])
+                if arr.dtype not in (np.float32, np.float64):
+                    raise WeightsError(f"{path}: /data/{lname}/{i} has dtype {arr.dtype}, expected float32/64")
+                blobs.append(WeightBlob(arr))
+            out.append((lname, "", blobs))
+    return out
+
+
+def is_hdf5(path: PathLike) -> bool:
+    """True if the file starts with the HDF5 signature."""
+    with open(path, "rb") as fh:
+        return fh.read(8) == HDF5_MAGIC
+
+
+def read_weights(path: PathLike) -> List[Tuple[str, str, List[WeightBlob]]]:
+    """Read ``[(layer name, type, [WeightBlob])]`` from a caffemodel or Caffe HDF5 file.
+
+    The format is chosen by content (HDF5 signature), not by extension.  HDF5
+    files carry no layer types (empty string).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: no such weights file")
+    return _read_hdf5(p) if is_hdf5(p) else _read_caffemodel(p)
+
+
+# ----------------------------------------------------------------------------- loading
+def _shape_fits(blob: WeightBlob, target: Tuple[int, ...]) -> bool:
+    if not blob.legacy:
+        return tuple(blob.array.shape) == tuple(target)
+    if len(target) > 4:
+        return False
+    padded = (1,) * (4 - len(target)) + tuple(target)
+    return tuple(blob.array.shape) == padded
+
+
+def load_into_net(net: "Net", path: PathLike, strict: bool = True) -> LoadReport:
+    """Copy a weights file into ``net`` by layer name; see the module docstring."""
+    layers = read_weights(path)
+    hdf5 = is_hdf5(path)
+    report = LoadReport()
+    first_index = {}
+    for i, name in enumerate(net.layer_names):
+        first_index.setdefault(name, i)
+    seen_net_layers = set()
+    with torch.no_grad():
+        for name, typ, blobs in layers:
+            i = first_index.get(name)
+            if i is None:
+                if blobs:
+                    report.unexpected.append(name)
+                continue
+            layer = net.layers[i]
+            targets = list(layer.blobs)
+            specs = net.param_specs[i]
+            if hdf5 and len(blobs) < len(targets):
+                # Caffe's HDF5 writer stores shared parameters with their owner only.
+                ok = all(specs[j]["owner"] is not None for j in range(len(blobs), len(targets)))
+                if not ok:
+                    report.mismatched.append(f"layer '{name}': file has {len(blobs)} blobs, net has {len(targets)}")
+                    continue
+                targets = targets[:len(blobs)]
+            if len(blobs) != len(targets):
+                if blobs or targets:
+                    report.mismatched.append(f"layer '{name}': file has {len(blobs)} blobs, net has {len(targets)}")
+                continue
+            bad = [f"layer '{name}' blob {j}: file shape {list(b.array.shape)}"
+                   f"{' (legacy)' if b.legacy else ''} vs net shape {list(t.shape)}"
+                   for j, (b, t) in enumerate(zip(blobs, targets)) if not _shape_fits(b, tuple(t.shape))]
+            if bad:
+                report.mismatched.extend(bad)
+                continue
+            for b, t in zip(blobs, targets):
+                src = torch.from_numpy(np.ascontiguousarray(b.array)).reshape(t.shape)
+                if not np.isfinite(b.array).all():
+                    log.warning("%s: layer '%s' holds NaN/Inf values", path, name)
+                if t.device.type != "meta":
+                    t.copy_(src.to(dtype=t.dtype, device=t.device))
+            if targets:
+                report.loaded.append(name)
+                seen_net_layers.add(i)
+    for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+        if len(layer.blobs) and i not in seen_net_layers and first_index[name] == i:
+            shared_only = all(s["owner"] is not None and s["owner"][0] in seen_net_layers for s in net.param_specs[i])
+            if not shared_only:
+                report.missing.append(name)
+    if strict and not report.ok:
+        raise WeightsError(f"{path}: weights do not fit net '{net.name}' ({net.source}):\n{report.describe()}\n"
+                           f"(load with strict=False to keep filler values for missing layers)")
+    if report.missing or report.unexpected:
+        log.info("%s: %s", path, report.describe())
+    return report
+
+
+# ----------------------------------------------------------------------------- writing
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _blob_bytes(t: torch.Tensor) -> bytes:
+    arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    head = schema.BlobProto()
+    head.shape.dim.extend(arr.shape)
+    if arr.ndim == 0:
+        head.ClearField("shape")  # Caffe's 0-axis blob: no shape field, one value
+    # BlobProto.data is field 5, packed float32 little-endian.
+    return head.SerializeToString() + _len_field(5, arr.astype("<f4", copy=False).tobytes())
+
+
+def caffemodel_bytes(net: "Net") -> bytes:
+    """The binary caffemodel (``NetParameter``) holding ``net``'s weights."""
+    head = schema.NetParameter()
+    head.name = net.name
+    parts = [head.SerializeToString()]
+    for name, typ, bn, tn, layer in zip(net.layer_names, net.layer_types, net.bottom_names,
+                                        net.top_names, net.layers):
+        lp = schema.LayerParameter()
+        lp.name, lp.type = name, typ
+        lp.bottom.extend(bn)
+        lp.top.extend(t for t in tn if not t.startswith("(automatic)"))
+        body = lp.SerializeToString() + b"".join(_len_field(7, _blob_bytes(p)) for p in layer.blobs)
+        parts.append(_len_field(100, body))  # NetParameter.layer = 100
+    return b"".join(parts)
+
+
+def _atomic_write(path: Path, writer) -> None:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise WeightsError(f"{path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_net(net: "Net", path: PathLike) -> None:
+    """Write ``net``'s weights: Caffe HDF5 if ``path`` ends in ``.h5``/``.hdf5``, else a binary caffemodel."""
+    path = Path(path)
+    if any(p.is_meta for p in net.parameters()):
+        raise WeightsError(f"{path}: a net built on the meta device has no weights to save")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        _atomic_write(path, lambda tmp: _write_hdf5(net, tmp))
+    else:
+        data = caffemodel_bytes(net)
+        _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    log.info("wrote weights of net %r to %s", net.name, path)
+
+
+def _write_hdf5(net: "Net", filename: str) -> None:
+    import h5py
+
+    with h5py.File(filename, "w") as f:
+        data = f.create_group("data")
+        for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+            if name in data:
+                if len(layer.blobs):
+                    raise WeightsError(f"cannot write HDF5: layer name '{name}' is used twice and has blobs "
+                                       f"(Caffe's HDF5 layout has one group per layer name)")
+                continue
+            g = data.create_group(name)
+            for j, p in enumerate(layer.blobs):
+                if net.param_specs[i][j]["owner"] is not None:
+                    continue  # shared: stored with its owner, as Net::ToHDF5
+                g.create_dataset(str(j), data=p.detach().to("cpu", torch.float32).numpy())

@@ -1,0 +1,29 @@
+"""Shared pytest helpers.
+
+The reference material (PROTO.md, LAYERS.md, configs/, golden/) lives outside the
+repository, in ``<repo>/../shared/reference``. Tests that need it use the
+``reference_dir`` fixture, which skips with a clear message when it is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
+
+
+def reference_path(*parts: str) -> Path:
+    """Path inside the reference folder; skips the calling test if it does not exist."""
+    path = REFERENCE_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference material not available: {path} does not exist")
+    return path
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    """The shared reference folder (skips the test when it is absent)."""
+    return reference_path()

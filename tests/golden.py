@@ -1,0 +1,99 @@
+"""Helpers shared by the golden tests: load a golden npz case, run it through a Net, compare.
+
+Relative error of an array ``a`` against the golden ``b`` is
+``max|a - b| / max(max|b|, 1e-30)`` (0 when both are all zero).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from conftest import REFERENCE_DIR
+
+GOLDEN = REFERENCE_DIR / "golden"
+FWD_TOL = 1e-5
+BWD_TOL = 1e-4
+
+
+def golden_index(sub: str) -> Dict[str, dict]:
+    p = GOLDEN / sub / "INDEX.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def template_defines() -> Dict[str, str]:
+    """Values for the ``${GOLDEN_*}`` placeholders of golden prototxts."""
+    return {"GOLDEN_DATA": str(GOLDEN / "data"), "GOLDEN_E2E": str(GOLDEN / "e2e")}
+
+
+def rel_err(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != golden {b.shape}"
+    scale = np.abs(b).max() if b.size else 0.0
+    diff = np.abs(a - b).max() if b.size else 0.0
+    if diff == 0.0:
+        return 0.0
+    return float(diff / max(scale, 1e-30))
+
+
+def to_np(t) -> np.ndarray:
+    if t is None:
+        return None
+    return t.detach().cpu().numpy()
+
+
+def set_params(net, npz) -> None:
+    """Copy ``param/<layer>/<i>`` arrays into the net."""
+    with torch.no_grad():
+        for k in npz.files:
+            if not k.startswith("param/"):
+                continue
+            lname, i = k[len("param/"):].rsplit("/", 1)
+            blob = net.params[lname][int(i)]
+            arr = torch.from_numpy(np.asarray(npz[k]))
+            assert tuple(arr.shape) == tuple(blob.shape), f"{k}: golden shape {arr.shape} vs net {tuple(blob.shape)}"
+            blob.copy_(arr.to(blob.dtype))
+
+
+def run_case(net, npz, check_backward: bool = True, skip_blob=lambda name: "_split_" in name):
+    """Forward (and backward) a golden case; returns a list of (key, rel error, tolerance)."""
+    inputs = {k[3:]: torch.from_numpy(np.asarray(npz[k])) for k in npz.files if k.startswith("in/")}
+    net.forward(**inputs)
+    results = []
+    for k in npz.files:
+        if not k.startswith("out/"):
+            continue
+        name = k[4:]
+        if skip_blob(name):
+            continue
+        assert name in net.blobs, f"blob {name!r} of the golden is not in the net (blobs: {list(net.blobs)})"
+        results.append((k, rel_err(to_np(net.blobs[name]), npz[k]), FWD_TOL))
+    if not check_backward:
+        return results
+    diffs = {k[9:]: torch.from_numpy(np.asarray(npz[k])) for k in npz.files if k.startswith("top_diff/")}
+    if not diffs:
+        return results
+    for p in net.parameters():
+        p.grad = None
+    in_grads = net.backward(**diffs)
+    for k in npz.files:
+        if k.startswith("bottom_diff/"):
+            name = k[len("bottom_diff/"):]
+            g = in_grads.get(name)
+            g = np.zeros_like(npz[k]) if g is None else to_np(g)
+            results.append((k, rel_err(g, npz[k]), BWD_TOL))
+        elif k.startswith("param_diff/"):
+            lname, i = k[len("param_diff/"):].rsplit("/", 1)
+            p = net.params[lname][int(i)]
+            g = np.zeros(tuple(p.shape), np.float32) if p.grad is None else to_np(p.grad)
+            results.append((k, rel_err(g, npz[k]), BWD_TOL))
+    return results
+
+
+def assert_results(results) -> None:
+    bad = [f"{k}: rel err {e:.3g} > {tol:g}" for k, e, tol in results if not (e <= tol)]
+    assert not bad, "mismatch vs golden:\n" + "\n".join(bad)
