@@ -84,15 +84,16 @@ def _chunks(n: int, e: int, k: int, l: int):
         yield s, min(e, s + step)
 
 
-def _differences(x, s, t, n, k, ho, wo, kc, args):
-    """Signed differences ``centre - neighbour`` of channels ``s:t``: ``(N, t-s, K, Ho, Wo)``.
+def _neighbour_minus_centre(x, s, t, n, k, ho, wo, kc, args):
+    """``neighbour - centre`` of channels ``s:t``: ``(N, t-s, K, Ho, Wo)``.
 
-    Out-of-image neighbours read 0 here (unfold padding); callers mask them.
+    This is exactly ``-(centre - neighbour)`` (IEEE subtraction is
+    sign-symmetric), the negated difference the fork stores.  Out-of-image
+    neighbours read 0 here (unfold padding); callers mask them.
     """
     cols = F.unfold(x[:, s:t], **args).view(n, t - s, k, ho, wo)
     centre = cols[:, :, kc:kc + 1].clone()
-    # centre + (-neighbour) is bit-identical to centre - neighbour (IEEE)
-    return cols.neg_().add_(centre)
+    return cols.sub_(centre)
 
 
 def im2dist_forward(x: torch.Tensor, geometry, l1: bool, remove_center: bool = False,
@@ -107,11 +108,20 @@ def im2dist_forward(x: torch.Tensor, geometry, l1: bool, remove_center: bool = F
         args = unfold_args(geometry)
         with torch.no_grad():
             for s, t in _chunks(n, e, k, ho * wo):
-                d = _differences(x.detach(), s, t, n, k, ho, wo, kc, args)
-                contrib = d.abs_() if l1 else d.mul_(d).mul_(0.5)  # (d*d)*0.5 as the fork
-                contrib.masked_fill_(invalid, 0)
-                for c in range(t - s):  # sequential over channels: the fork's summation order
-                    top += contrib[:, c]
+                nd = _neighbour_minus_centre(x.detach(), s, t, n, k, ho, wo, kc, args)
+                if l1:
+                    nd.abs_()
+                    for c in range(t - s):  # sequential over channels: the fork's summation order
+                        top += nd[:, c]
+                else:
+                    nd.mul_(nd)  # d*d (the sign of d does not matter)
+                    for c in range(t - s):
+                        # top + 0.5*(d*d): scaling by 0.5 is exact (barring subnormals), so
+                        # this equals the fork's float sum bit for bit, fused or not
+                        top.add_(nd[:, c], alpha=0.5)
+        # Entries with an out-of-image neighbour or centre were never accumulated in the
+        # fork (they stay 0); masking once at the end gives the same values.
+        top.masked_fill_(invalid, 0)
     if remove_bounds:
         top.masked_fill_(centre_in & ~nb_in, FLT_MAX_OVER_100)
     if remove_center:
@@ -144,16 +154,17 @@ def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool
     skip = ~(nb_in & centre_in)
     skip[kc] = True  # the centre never contributes to its own gradient
     args = unfold_args(geometry)
-    g = grad_top.to(x.dtype)[:, None]  # (N, 1, K, Ho, Wo)
+    # Skipped entries get a zero gradient once here instead of masking every chunk
+    # (differs from the fork only for non-finite embeddings: 0*inf = NaN).
+    g = grad_top.to(x.dtype).masked_fill(skip, 0)[:, None]  # (N, 1, K, Ho, Wo)
     with torch.no_grad():
         for s, t in _chunks(n, e, k, ho * wo):
-            coef = _differences(x.detach(), s, t, n, k, ho, wo, kc, args)
+            coef = _neighbour_minus_centre(x.detach(), s, t, n, k, ho, wo, kc, args)  # = -d
             if l1:
-                coef.sign_()  # sign(0) = 0: ties contribute nothing (GPU rule)
-            coef.mul_(g).masked_fill_(skip, 0)
-            centre_sum = coef.sum(dim=2)  # (N, t-s, Ho, Wo): what goes to each centre pixel
-            coef.neg_()  # what goes to each neighbour
-            coef[:, :, kc] = centre_sum  # centre tap slot (it was 0) carries the centre's share
+                coef.sign_()  # sign(0) = 0: ties / out-of-image contribute nothing (GPU rule)
+            coef.mul_(g)  # what each neighbour receives: -s*g
+            centre_sum = coef.sum(dim=2).neg_()  # (N, t-s, Ho, Wo): what each centre receives
+            coef[:, :, kc] = centre_sum  # the centre tap slot (it was 0) carries the centre's share
             dx[:, s:t] = F.fold(coef.view(n, (t - s) * k, ho * wo), output_size=(h, w), **args)
     return dx
 

@@ -1,0 +1,68 @@
+"""The ``caffe-compat`` command line (also ``python -m caffe_compat``).
+
+Each sub-command lives in its own module exposing ``add_parser(subparsers)``
+(which registers the command and sets ``func``) and the function it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+from ..errors import CaffeCompatError
+
+#: sub-command modules, in the order ``--help`` lists them
+COMMANDS = ("info", "test", "gen_preds", "evaluate", "convert", "export", "run")
+
+log = logging.getLogger("caffe_compat.cli")
+
+
+def parse_defines(items: Optional[List[str]]) -> dict:
+    """``["A=1", "B=x"]`` -> ``{"A": "1", "B": "x"}`` (the ``--define NAME=VALUE`` options)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CaffeCompatError(f"--define expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def add_define_option(p: argparse.ArgumentParser) -> None:
+    """The ``--define NAME=VALUE`` option shared by every command that reads a prototxt."""
+    p.add_argument("--define", "-D", action="append", metavar="NAME=VALUE", default=[],
+                   help="value of a ${NAME} template variable of the prototxt (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caffe-compat",
+        description="Run, evaluate and convert models of the segmentation-aware Caffe fork in PyTorch.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except CaffeCompatError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The net builder, the prototxt front end and the public API (no goldens needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import caffe_compat
+from caffe_compat import (Net, NetError, PrototxtError, ShapeError, TemplateError, UnknownLayerError,
+                          LayerConfigError, DataError, register_layer, Layer)
+
+SMALL = """
+name: "small"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 8 dim: 10 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 }
+                      bias_filler { type: "constant" value: 0.5 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip"
+  inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+"""
+
+
+def test_build_forward_and_pycaffe_api():
+    net = Net.from_string(SMALL, seed=0)
+    assert net.inputs == ["data"]
+    assert net.outputs == ["ip"]
+    assert list(net.params) == ["conv1", "ip"]
+    assert [tuple(p.shape) for p in net.params["conv1"]] == [(4, 3, 3, 3), (4,)]
+    assert torch.all(net.params["conv1"][1] == 0.5)
+    x = torch.randn(2, 3, 8, 10)
+    out = net(data=x)
+    assert list(out) == ["ip"] and out["ip"].shape == (2, 5)
+    # blobs: every top, in-place conv1 holds the post-ReLU value
+    assert list(net.blobs) == ["data", "conv1", "pool1", "ip"]
+    ref = torch.relu(torch.nn.functional.conv2d(x, net.params["conv1"][0], net.params["conv1"][1], padding=1))
+    torch.testing.assert_close(net.blobs["conv1"], ref)
+    # other spatial sizes work where the layers allow (InnerProduct's input size is fixed)
+    shapes = net.infer_shapes(data=(1, 3, 8, 10))
+    assert shapes["ip"] == (1, 5)
+    with pytest.raises(caffe_compat.CaffeCompatError):
+        net.forward(data=torch.randn(1, 3, 16, 20))
+
+
+def test_seeded_fillers_are_reproducible():
+    a = Net.from_string(SMALL, seed=3)
+    b = Net.from_string(SMALL, seed=3)
+    c = Net.from_string(SMALL, seed=4)
+    assert torch.equal(a.params["conv1"][0], b.params["conv1"][0])
+    assert not torch.equal(a.params["conv1"][0], c.params["conv1"][0])
+
+
+def test_summary_lists_layers_shapes_and_counts():
+    net = Net.from_string(SMALL, seed=0)
+    s = net.summary()
+    assert "conv1" in s and "Convolution" in s and "2x4x8x10" in s
+    assert "112" in s  # 4*3*3*3 + 4 parameters of conv1
+    assert f"{4*3*3*3 + 4 + 5*4*4*5:,}" in s
+
+
+def test_templates_filled_and_missing_reported():
+    text = SMALL.replace("num_output: 4", "num_output: ${NOUT}")
+    net = Net.from_string(text, defines={"NOUT": 6})
+    assert net.params["conv1"][0].shape[0] == 6
+    with pytest.raises(TemplateError, match=r"\$\{NOUT\} \(line 6\)"):
+        Net.from_string(text)
+
+
+def test_syntax_error_names_file_line_column(tmp_path):
+    p = tmp_path / "bad.prototxt"
+    p.write_text('name: "x"\nlayer { name: "a" type: "ReLU" bottom: "d" top "d" }\n')
+    with pytest.raises(PrototxtError, match=r"bad\.prototxt:2:\d+"):
+        Net(p)
+    with pytest.raises(PrototxtError, match="no such file"):
+        Net(tmp_path / "missing.prototxt")
+
+
+def test_unknown_layer_type_lists_known_types():
+    text = 'input: "d" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\nlayer { name: "z" type: "Zorp" bottom: "d" top: "z" }'
+    with pytest.raises(UnknownLayerError, match=r"layer 'z'.*'Zorp'.*Known types: .*Convolution"):
+        Net.from_string(text)
+
+
+def test_bottom_not_produced():
+    text = 'input: "d" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\nlayer { name: "r" type: "ReLU" bottom: "nope" top: "r" }'
+    with pytest.raises(NetError, match=r"layer 'r'.*bottom 'nope' is not produced"):
+        Net.from_string(text)
+
+
+def test_invalid_field_value_names_layer():
+    text = SMALL.replace("pool: MAX kernel_size: 2", "pool: MAX kernel_size: 0")
+    with pytest.raises(caffe_compat.CaffeCompatError, match="pool1"):
+        Net.from_string(text)
+
+
+def test_absurd_shapes_refused_before_allocating():
+    text = SMALL.replace("dim: 8 dim: 10", "dim: 800000 dim: 1000000")
+    with pytest.raises(ShapeError, match="limit"):
+        Net.from_string(text)
+    text = SMALL.replace("num_output: 5", "num_output: 4000000000")
+    with pytest.raises(caffe_compat.CaffeCompatError):
+        Net.from_string(text)
+
+
+def test_input_checks():
+    net = Net.from_string(SMALL)
+    with pytest.raises(NetError, match="missing input"):
+        net.forward()
+    with pytest.raises(NetError, match="unknown input"):
+        net.forward(data=torch.zeros(2, 3, 8, 10), extra=torch.zeros(1))
+    with pytest.raises(ShapeError, match="channels"):
+        net.forward(data=torch.zeros(2, 4, 8, 10))
+    bad = torch.zeros(2, 3, 8, 10)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        net.forward(data=bad)
+    out = net.forward(data=np.zeros((2, 3, 8, 10), np.float64))  # numpy accepted, cast to float32
+    assert out["ip"].dtype == torch.float32
+
+
+def test_v1_layers_format_upgraded():
+    text = """
+    input: "data" input_dim: 1 input_dim: 2 input_dim: 5 input_dim: 5
+    layers { name: "c" type: CONVOLUTION bottom: "data" top: "c" blobs_lr: 1 blobs_lr: 0 weight_decay: 1 weight_decay: 0
+             convolution_param { num_output: 3 kernel_size: 3 } }
+    layers { name: "r" type: RELU bottom: "c" top: "c" }
+    """
+    net = Net.from_string(text)
+    assert net.layer_types == ["Convolution", "ReLU"]
+    assert net.params["c"][0].requires_grad and not net.params["c"][1].requires_grad
+    assert net.infer_shapes()["c"] == (1, 3, 3, 3)
+
+
+PHASED = """
+input: "d" input_shape { dim: 1 dim: 1 dim: 3 dim: 3 }
+layer { name: "train_only" type: "ReLU" bottom: "d" top: "a" include { phase: TRAIN } }
+layer { name: "test_only" type: "ReLU" bottom: "d" top: "a" include { phase: TEST } }
+layer { name: "staged" type: "ReLU" bottom: "a" top: "b" include { stage: "deep" } }
+layer { name: "not_lvl" type: "ReLU" bottom: "a" top: "c" exclude { min_level: 2 } }
+"""
+
+
+def test_include_exclude_rules():
+    assert Net.from_string(PHASED, phase="TRAIN").layer_names == ["train_only", "not_lvl"]
+    assert Net.from_string(PHASED, phase="TEST").layer_names == ["test_only", "not_lvl"]
+    assert Net.from_string(PHASED, stages=["deep"]).layer_names == ["test_only", "staged", "not_lvl"]
+    assert Net.from_string(PHASED, level=2).layer_names == ["test_only"]
+    with pytest.raises(PrototxtError, match="either include rules or exclude rules"):
+        Net.from_string(PHASED.replace('include { stage: "deep" }', 'include { stage: "deep" } exclude { phase: TRAIN }'))
+
+
+SHARED = """
+input: "a" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 }
+input: "b" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 }
+force_backward: true
+layer { name: "ca" type: "Convolution" bottom: "a" top: "ca"
+  param { name: "w" lr_mult: 1 } param { name: "bias" lr_mult: 0 }
+  convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" } } }
+layer { name: "cb" type: "Convolution" bottom: "b" top: "cb"
+  param { name: "w" } param { name: "bias" }
+  convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "ca" bottom: "cb" top: "s" }
+"""
+
+
+def test_param_sharing_and_lr_mult():
+    net = Net.from_string(SHARED, seed=1)
+    assert net.params["ca"][0] is net.params["cb"][0]
+    assert net.params["ca"][1] is net.params["cb"][1]
+    assert not net.params["ca"][1].requires_grad
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    net(a=a, b=b)
+    g = torch.randn(2, 2, 4, 4)
+    grads = net.backward(s=g)
+    w = net.params["ca"][0]
+    # the shared weight's gradient is the sum of both uses
+    expect = torch.einsum("nohw,nchw->oc", g, a + b).reshape(2, 3, 1, 1)
+    torch.testing.assert_close(w.grad, expect, rtol=1e-5, atol=1e-5)
+    assert net.params["ca"][1].grad is None  # lr_mult 0: no gradient, as Caffe
+    assert grads["a"] is not None and grads["a"].shape == a.shape  # force_backward: input diffs
+    # shared params are one tensor: a shape conflict is an error
+    bad = SHARED.replace('bottom: "b" top: "cb"', 'bottom: "b" top: "cb"').replace(
+        "convolution_param { num_output: 2 kernel_size: 1 } }", "convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }")
+    with pytest.raises(ShapeError, match="shared param 'w'"):
+        Net.from_string(bad)
+    bad = SHARED.replace('param { name: "w" } param { name: "bias" }', 'param { name: "w" lr_mult: 3 } param { name: "bias" }')
+    with pytest.raises(LayerConfigError, match="lr_mult"):
+        Net.from_string(bad)
+
+
+def test_no_input_gradients_without_force_backward():
+    net = Net.from_string(SHARED.replace("force_backward: true", ""))
+    net(a=torch.randn(2, 3, 4, 4), b=torch.randn(2, 3, 4, 4))
+    grads = net.backward(s=torch.ones(2, 2, 4, 4))
+    assert grads["a"] is None
+    assert net.params["ca"][0].grad is not None
+
+
+def test_blob_consumed_twice_gradient_summed_and_outputs():
+    text = """
+    input: "x" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }
+    force_backward: true
+    layer { name: "p1" type: "Power" bottom: "x" top: "y1" power_param { scale: 2 } }
+    layer { name: "p2" type: "Power" bottom: "x" top: "y2" power_param { scale: 3 } }
+    """
+    net = Net.from_string(text)
+    assert net.outputs == ["y1", "y2"]
+    net(x=torch.ones(1, 2, 3, 3))
+    g = net.backward(y1=torch.ones(1, 2, 3, 3), y2=torch.ones(1, 2, 3, 3))
+    torch.testing.assert_close(g["x"], torch.full((1, 2, 3, 3), 5.0))
+
+
+def test_loss_weight_and_automatic_tops():
+    text = """
+    input: "s" input_shape { dim: 2 dim: 3 dim: 2 dim: 2 }
+    input: "l" input_shape { dim: 2 dim: 1 dim: 2 dim: 2 }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" loss_weight: 0.5 }
+    """
+    net = Net.from_string(text)
+    assert net.top_names[0] == ["(automatic)"]
+    assert net.loss_weights == {"(automatic)": 0.5}
+    s = torch.randn(2, 3, 2, 2)
+    l = torch.randint(0, 3, (2, 1, 2, 2)).float()
+    out = net(s=s, l=l)
+    ref = torch.nn.functional.cross_entropy(s, l[:, 0].long())
+    torch.testing.assert_close(out["(automatic)"], ref)
+    torch.testing.assert_close(net.loss, 0.5 * ref)
+
+
+def test_user_registered_layer():
+    @register_layer("TimesTwoForTest")
+    class TimesTwo(Layer):
+        def forward(self, x):
+            return (2 * x,)
+
+    net = Net.from_string('input: "x" input_shape { dim: 1 dim: 1 dim: 1 dim: 2 }\n'
+                          'layer { name: "t" type: "TimesTwoForTest" bottom: "x" top: "y" }')
+    torch.testing.assert_close(net(x=torch.ones(1, 1, 1, 2))["y"], torch.full((1, 1, 1, 2), 2.0))
+    del caffe_compat.REGISTRY["TimesTwoForTest"]
+
+
+def test_meta_device_net_for_inspection():
+    net = Net.from_string(SMALL, device="meta")
+    assert net.params["conv1"][0].is_meta
+    assert net.infer_shapes()["ip"] == (2, 5)
