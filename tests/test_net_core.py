@@ -58,7 +58,7 @@ def test_summary_lists_layers_shapes_and_counts():
     s = net.summary()
     assert "conv1" in s and "Convolution" in s and "2x4x8x10" in s
     assert "112" in s  # 4*3*3*3 + 4 parameters of conv1
-    assert f"{4*3*3*3 + 4 + 5*4*4*5:,}" in s
+    assert f"learnable parameters: {4*3*3*3 + 4 + 5*4*4*5 + 5:,}" in s
 
 
 def test_templates_filled_and_missing_reported():

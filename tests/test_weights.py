@@ -140,17 +140,34 @@ def test_bad_files_clear_errors(tmp_path):
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     net = Net.from_string(NET)
-    import caffe_compat.weights as W
-
-    def boom(_net):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(W, "caffemodel_bytes", boom)
-    with pytest.raises(RuntimeError):
-        net.save(tmp_path / "x.caffemodel")
-    assert os.listdir(tmp_path) == []
     with pytest.raises(WeightsError, match="does not exist"):
-        Net.from_string(NET).save(tmp_path / "no" / "dir" / "x.caffemodel")
+        net.save(tmp_path / "no" / "dir" / "x.caffemodel")
+    from pathlib import Path
+
+    real_write = Path.write_bytes
+
+    def half_then_fail(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        net.save(tmp_path / "x.caffemodel")
+    monkeypatch.undo()
+
+    real_create = h5py.Group.create_dataset
+    calls = []
+
+    def fail_second(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk full")
+        return real_create(self, *a, **k)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        net.save(tmp_path / "x.caffemodel.h5")
+    assert os.listdir(tmp_path) == []
 
 
 def test_hdf5_shared_params_stored_once(tmp_path):

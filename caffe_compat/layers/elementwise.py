@@ -122,9 +122,9 @@ class BiasLayer(Layer):
         p = param.bias_param
         shape0 = self.bottom_shapes[0]
         self.axis_param = int(p.axis)
-        self.axis = canonical_axis(self, self.axis_param, len(shape0), "bias_param.axis")
         if len(bottom_shapes) == 1:
-            bshape = _param_shape(self, shape0, self.axis, int(p.num_axes), "bias_param")
+            axis = canonical_axis(self, self.axis_param, len(shape0), "bias_param.axis")
+            bshape = _param_shape(self, shape0, axis, int(p.num_axes), "bias_param")
             self.add_blob(bshape, p.filler if p.HasField("filler") else None)
         else:
             self._axis_for(len(self.bottom_shapes[1]), len(shape0))
@@ -158,10 +158,10 @@ class ScaleLayer(Layer):
         p = param.scale_param
         shape0 = self.bottom_shapes[0]
         self.axis_param = int(p.axis)
-        self.axis = canonical_axis(self, self.axis_param, len(shape0), "scale_param.axis")
         self.two_bottoms = len(bottom_shapes) == 2
         if not self.two_bottoms:
-            sshape = _param_shape(self, shape0, self.axis, int(p.num_axes), "scale_param")
+            axis = canonical_axis(self, self.axis_param, len(shape0), "scale_param.axis")
+            sshape = _param_shape(self, shape0, axis, int(p.num_axes), "scale_param")
             if p.HasField("filler"):
                 self.add_blob(sshape, p.filler)
             else:
@@ -171,7 +171,8 @@ class ScaleLayer(Layer):
             bias_num_axes = len(self.bottom_shapes[1])
         self.bias_term = bool(p.bias_term)
         if self.bias_term:
-            bshape = _param_shape(self, shape0, self.axis, bias_num_axes, "scale_param (bias)")
+            axis = self._axis_for(bias_num_axes, len(shape0))
+            bshape = _param_shape(self, shape0, axis, bias_num_axes, "scale_param (bias)")
             # Caffe copies bias_filler into the internal Bias layer; an absent one reads as constant 0.
             self.add_blob(bshape, p.bias_filler if p.HasField("bias_filler") else None)
 

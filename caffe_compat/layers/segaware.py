@@ -81,7 +81,9 @@ class _WindowLayer(Layer):
             raise self.error(str(exc), type(exc)) from None
 
     def extra_repr(self) -> str:
-        g = self.geometry
+        g = getattr(self, "geometry", None)
+        if g is None:
+            return super().extra_repr()
         return (f"name={self.name!r}, kernel={g.kernel}, stride={g.stride}, pad={g.pad}, "
                 f"dilation={g.dilation}")
 

@@ -1,0 +1,361 @@
+"""``caffe-compat run``: run a deploy net on one image and save blobs as ``.npy`` and ``.png``.
+
+Preprocessing is the fork's ``DataTransformer`` at TEST time (what the configs'
+``transform_param`` do for their data layers), applied to one image:
+
+1. the image is decoded as ``cv::imread`` does (:func:`caffe_compat.pipeline.images.read_image`):
+   8-bit **BGR** for a 3-channel input (grey images replicated, alpha dropped),
+   8-bit grey for a 1-channel input;
+2. if it is smaller than the net input (``H x W`` of the input's shape), it is
+   padded at the **bottom and right only** with the mean values, so padded
+   pixels are exactly 0 after mean subtraction (the fork's ImageSegData);
+3. if it is larger, the centre window is cropped (TEST crop:
+   ``((H - h) // 2, (W - w) // 2)``);
+4. ``data = (pixel - mean[c]) * scale`` in float32, channels B, G, R (mean
+   subtracted *before* scaling; the default mean 104.008,116.669,122.675 is
+   the B/G/R mean of every original config; ``--mean 0`` disables it).
+
+``--no-fit`` skips 2 and 3 and feeds the image at its own size (the net
+recomputes its blob shapes; most deploy nets accept any size).  The batch is
+one image.  Nets with several inputs get the others from ``--feed
+NAME=FILE.npy``.
+
+Outputs, in ``--out DIR`` (created; every file written atomically):
+
+* ``<blob>.npy``: each chosen blob (default: the net outputs) as it came out
+  of the net (float32, full blob shape).
+* ``<blob>.png``: a VOC-palette PNG of *label-like* 4-D blobs: the argmax over
+  channels of a blob with 2..256 channels (first maximum wins on ties, as
+  Caffe's ArgMax), or the values of a 1-channel blob holding integers in
+  0..255.  When the blob has the net input's spatial size, the PNG is cropped
+  to the image's part of it (the padding is removed; a centre-cropped image
+  cannot be restored).
+* ``<blob>.png`` for an *embedding* blob instead (named with ``--embedding``,
+  or any blob whose name contains ``emb`` with more than 3 channels): RGB,
+  the first three principal components of the per-pixel embedding vectors
+  (NumPy SVD of the centred ``(H*W) x C`` matrix; component signs fixed so
+  the largest loading is positive), each stretched to 0..255.
+* A batch of N > 1 would write ``<blob>_<n>.png`` per image.
+
+Blob names are made file-safe (characters other than letters, digits,
+``._-`` become ``_``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import add_define_option, parse_defines
+from ..errors import CaffeCompatError, DataError, NetError, ShapeError
+
+log = logging.getLogger(__name__)
+
+#: B, G, R means of the VOC images used by every original config.
+DEFAULT_MEAN = (104.008, 116.669, 122.675)
+
+EPILOG = """\
+NET is a deploy prototxt (with WEIGHTS: .caffemodel, .caffemodel.h5 or
+checkpoint) or a checkpoint .pt alone. The net must take its data from net
+inputs (Input layers / input: fields), not from data layers.
+
+Preprocessing (as the fork's TEST-phase transform): the image is read as BGR,
+padded bottom/right with the mean (so padding is 0 after subtraction) when
+smaller than the input's HxW, centre-cropped when larger, then
+(pixel - mean) * scale. --no-fit feeds the image at its own size.
+
+Writes <blob>.npy for each blob (default: the net outputs), a VOC-palette
+<blob>.png for label-like blobs (argmax over 2..256 channels, or a 1-channel
+integer map), and an RGB PCA image <blob>.png for embedding blobs
+(--embedding, or names containing "emb" with more than 3 channels).
+"""
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def parse_floats(text: str, what: str) -> List[float]:
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise CaffeCompatError(f"{what} expects comma-separated numbers, got {text!r}") from None
+    if not vals:
+        raise CaffeCompatError(f"{what} expects at least one number")
+    if not all(np.isfinite(vals)):
+        raise CaffeCompatError(f"{what}: values must be finite, got {text!r}")
+    return vals
+
+
+def prepare_image(path, channels: int, size: Optional[Tuple[int, int]], mean: Sequence[float] = DEFAULT_MEAN,
+                  scale: float = 1.0) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """One image as a ``1 x C x H x W`` float32 net input; see the module docstring.
+
+    Args:
+        path: image file.
+        channels: 3 (BGR) or 1 (grey).
+        size: ``(H, W)`` of the net input to pad/crop to, or ``None`` for the image's own size.
+        mean: 1 or C mean values (BGR order), subtracted before scaling.
+        scale: multiplier after mean subtraction.
+
+    Returns ``(data, (h, w))`` where ``(h, w)`` is the part of the input the
+    image covers (top-left; smaller than ``size`` where it was padded).
+    """
+    from ..pipeline.images import (crop_offsets, mean_values_for, pad_bottom_right, pad_value_for_image,
+                                   read_image, to_caffe_data)
+
+    if channels not in (1, 3):
+        raise DataError(f"the net input has {channels} channels; run feeds 3-channel (BGR) or 1-channel "
+                        f"(grey) images (give other inputs with --feed NAME=FILE.npy)")
+    mean = list(mean)
+    if len(mean) not in (1, channels):
+        raise DataError(f"--mean needs 1 or {channels} values, got {len(mean)}")
+    pixels = read_image(str(path), is_color=channels == 3)
+    mvals = mean_values_for(mean, channels) if any(m != 0 for m in mean) else None
+    h, w = pixels.shape[:2]
+    valid = (h, w)
+    if size is not None:
+        th, tw = int(size[0]), int(size[1])
+        if (th, tw) != (h, w):
+            img = pixels.astype(np.float64)
+            img = pad_bottom_right(img, max(th - h, 0), max(tw - w, 0), pad_value_for_image(mvals))
+            ho, wo = crop_offsets(img.shape[0], img.shape[1], th, tw, False, None)
+            pixels = img[ho:ho + th, wo:wo + tw]
+        valid = (min(h, th), min(w, tw))
+    data = to_caffe_data(pixels, mvals, float(np.float32(scale)), False, dtype=np.float32)
+    return data[None], valid
+
+
+# ----------------------------------------------------------------------------- outputs
+def safe_name(name: str) -> str:
+    """A blob name as a file name."""
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return out or "blob"
+
+
+def _atomic(path: Path, writer) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to a temporary file, then rename."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+    _atomic(path, write)
+
+
+def label_map(blob: np.ndarray) -> Optional[np.ndarray]:
+    """``N x H x W`` uint8 labels of a label-like ``N x C x H x W`` blob, else ``None``.
+
+    C in 2..256: argmax over channels (first maximum on ties); C == 1: the
+    values themselves when they are all integers in 0..255.
+    """
+    if blob.ndim != 4 or blob.shape[2] < 1 or blob.shape[3] < 1 or blob.shape[0] < 1:
+        return None
+    c = blob.shape[1]
+    if 2 <= c <= 256:
+        return np.argmax(blob, axis=1).astype(np.uint8)
+    if c == 1:
+        v = blob[:, 0]
+        if np.all(np.isfinite(v)) and np.all(v == np.round(v)) and v.min() >= 0 and v.max() <= 255:
+            return v.astype(np.uint8)
+    return None
+
+
+def pca_image(emb: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB of a ``C x H x W`` embedding: first 3 principal components, each to 0..255.
+
+    Components are the right singular vectors of the centred ``(H*W) x C``
+    matrix (NumPy SVD, float64); each one's sign is chosen so its largest
+    absolute loading is positive (deterministic output).  A component with no
+    spread (or missing, when C < 3 or H*W < 3) is 0.
+    """
+    c, h, w = emb.shape
+    x = emb.reshape(c, h * w).T.astype(np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    out = np.zeros((h * w, 3), dtype=np.float64)
+    if np.all(np.isfinite(x)) and x.size:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        k = min(3, vt.shape[0])
+        comps = vt[:k]
+        signs = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
+        signs[signs == 0] = 1
+        proj = x @ (comps * signs[:, None]).T
+        for j in range(k):
+            col = proj[:, j]
+            lo, hi = col.min(), col.max()
+            if hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):
+                out[:, j] = (col - lo) / (hi - lo) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(h, w, 3)
+
+
+def save_rgb_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB") if rgb.ndim == 3 else Image.fromarray(rgb)
+    _atomic(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def is_embedding(name: str, blob: np.ndarray, embeddings: Sequence[str]) -> bool:
+    if name in embeddings:
+        return True
+    return "emb" in name.lower() and blob.ndim == 4 and blob.shape[1] > 3
+
+
+# ----------------------------------------------------------------------------- running
+def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: Sequence[float] = DEFAULT_MEAN,
+              scale: float = 1.0, input_name: Optional[str] = None, feeds: Optional[Dict[str, object]] = None,
+              embeddings: Sequence[str] = (), fit: bool = True) -> List[Path]:
+    """Run ``net`` on one image and write the blobs; see the module docstring. Returns the files written."""
+    from ..pipeline.palette import save_palette_png
+
+    feeds = dict(feeds or {})
+    if not net.inputs:
+        data_layers = [f"'{n}' ({t})" for n, t, b in zip(net.layer_names, net.layer_types, net.bottom_names)
+                       if not b]
+        raise NetError(f"net '{net.name}' has no net inputs (its data comes from {', '.join(data_layers) or 'nowhere'}); "
+                       f"run needs a deploy net with Input layers or input: fields")
+    if input_name is None:
+        if "data" in net.inputs:
+            input_name = "data"
+        else:
+            free = [k for k in net.inputs if k not in feeds]
+            if len(free) != 1:
+                raise NetError(f"net '{net.name}' has inputs {net.inputs}: say which one takes the image "
+                               f"with --input-name")
+            input_name = free[0]
+    if input_name not in net.inputs:
+        raise NetError(f"net '{net.name}' has no input {input_name!r}; its inputs are {net.inputs}")
+    unknown = [k for k in feeds if k not in net.inputs or k == input_name]
+    if unknown:
+        raise NetError(f"--feed {unknown}: not other inputs of net '{net.name}' (inputs: {net.inputs}, "
+                       f"image input: {input_name})")
+    missing = [k for k in net.inputs if k != input_name and k not in feeds]
+    if missing:
+        raise NetError(f"net '{net.name}' also needs input(s) {missing} "
+                       f"({', '.join(f'{k} {list(net.input_shapes[k])}' for k in missing)}); "
+                       f"give them with --feed NAME=FILE.npy")
+    shape = net.input_shapes[input_name]
+    if len(shape) != 4:
+        raise ShapeError(f"input {input_name!r} has shape {list(shape)}; run feeds images to 4-D (N,C,H,W) inputs")
+    data, valid = prepare_image(image, shape[1], (shape[2], shape[3]) if fit else None, mean, scale)
+    inputs = {input_name: torch.from_numpy(data)}
+    for k, v in feeds.items():
+        if not isinstance(v, (np.ndarray, torch.Tensor)):
+            try:
+                v = np.load(v, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DataError(f"--feed {k}={v}: cannot read the .npy file: {e}") from None
+        inputs[k] = v
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    inputs = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v).to(device) for k, v in inputs.items()}
+    with torch.no_grad():
+        net(**inputs)
+    names = list(blobs) if blobs else list(net.outputs)
+    unknown = [b for b in names if b not in net.blobs]
+    if unknown:
+        raise NetError(f"no blob(s) {unknown} in net '{net.name}'; blobs: {', '.join(net.blobs)}")
+    unknown = [e for e in embeddings if e not in names]
+    if unknown:
+        raise NetError(f"--embedding {unknown}: not among the blobs saved ({', '.join(names)})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    in_hw = tuple(data.shape[2:])
+    written: List[Path] = []
+    for name in names:
+        arr = net.blobs[name].detach().to("cpu").numpy()
+        base = safe_name(name)
+        p = out_dir / f"{base}.npy"
+        save_npy(p, arr)
+        written.append(p)
+        if arr.ndim != 4:
+            continue
+        crop = valid if tuple(arr.shape[2:]) == in_hw else None
+        n = arr.shape[0]
+        if is_embedding(name, arr, embeddings):
+            for i in range(n):
+                img = arr[i] if crop is None else arr[i, :, :crop[0], :crop[1]]
+                p = out_dir / (f"{base}.png" if n == 1 else f"{base}_{i}.png")
+                save_rgb_png(p, pca_image(img))
+                written.append(p)
+            continue
+        labels = label_map(arr)
+        if labels is None:
+            continue
+        for i in range(n):
+            lab = labels[i] if crop is None else labels[i, :crop[0], :crop[1]]
+            p = out_dir / (f"{base}.png" if n == 1 else f"{base}_{i}.png")
+            save_palette_png(p, np.ascontiguousarray(lab))
+            written.append(p)
+    return written
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run", help="run a deploy net on one image; save blobs as .npy and label/embedding PNGs",
+        description="Run a deploy net on one image (preprocessed like the fork's TEST transform) and save "
+                    "the chosen blobs.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("net", metavar="NET", help="deploy prototxt or checkpoint .pt")
+    p.add_argument("weights", metavar="WEIGHTS", nargs="?", default=None,
+                   help=".caffemodel, .caffemodel.h5 or checkpoint .pt")
+    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, ...)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the outputs (created)")
+    p.add_argument("--blobs", default=None, metavar="B1,B2",
+                   help="blobs to save (default: the net outputs)")
+    p.add_argument("--mean", default=",".join(str(m) for m in DEFAULT_MEAN), metavar="B,G,R",
+                   help="mean subtracted per channel, BGR order, 1 or C values (default %(default)s; 0: none)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiplier after mean subtraction (default 1)")
+    p.add_argument("--input-name", default=None, metavar="NAME",
+                   help="net input that takes the image (default: 'data', or the only input)")
+    p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="value of another net input, from a .npy file (repeatable)")
+    p.add_argument("--embedding", action="append", default=[], metavar="NAME",
+                   help="save this blob as a PCA RGB image (repeatable; comma lists allowed)")
+    p.add_argument("--no-fit", action="store_true",
+                   help="feed the image at its own size instead of padding/cropping it to the input shape")
+    p.add_argument("--phase", choices=("TRAIN", "TEST"), type=str.upper, default=None,
+                   help="phase the net is built in (default TEST)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_define_option(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from ..checkpoint import open_net
+
+    device = str(args.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CaffeCompatError(f"--device {device}: CUDA is not available on this machine")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise CaffeCompatError(f"--device must be cpu or cuda, got {device!r}")
+    if not Path(args.image).is_file():
+        raise DataError(f"{args.image}: no such image file")
+    feeds = {}
+    for item in args.feed:
+        if "=" not in item:
+            raise CaffeCompatError(f"--feed expects NAME=FILE.npy, got {item!r}")
+        k, v = item.split("=", 1)
+        feeds[k.strip()] = v
+    embeddings = [e.strip() for item in args.embedding for e in item.split(",") if e.strip()]
+    blobs = [b.strip() for b in args.blobs.split(",") if b.strip()] if args.blobs else None
+    mean = parse_floats(args.mean, "--mean")
+    net = open_net(args.net, args.weights, phase=args.phase, defines=parse_defines(args.define), device=device)
+    written = run_image(net, args.image, args.out, blobs=blobs, mean=mean, scale=args.scale,
+                        input_name=args.input_name, feeds=feeds, embeddings=embeddings, fit=not args.no_fit)
+    for p in written:
+        print(f"wrote {p}")
+    return 0
