@@ -17,6 +17,7 @@ reads it without unpickling any code::
       "net_name": str, "inputs": {blob: [dims]}, "outputs": [blob],
       "state_dict": {"<layer name>/<blob index>": tensor (CPU, contiguous)},
       "shared": {"<layer>/<i>": "<owner layer>/<j>"},  # blobs stored once, with their owner
+      "param_names": {"<layer>/<i>": "<param { name }>"}, # informative: who shares under which name
       "caffe_compat_version": str,
     }
 
@@ -31,12 +32,25 @@ first to use the name), and listed in ``"shared"``.
 Loading (:func:`load_checkpoint`) needs no other file: the net is rebuilt
 from the stored text with the stored phase/level/stages/dtype and every
 tensor is copied with exact checks (missing, extra and mis-shaped tensors are
-:class:`~caffe_compat.errors.WeightsError`\\ s listing them).  Writing is
-atomic (temporary file + :func:`os.replace`).
+:class:`~caffe_compat.errors.WeightsError`\\ s listing them; loading in the
+other phase tolerates tensors of layers that phase drops).  Writing is atomic
+(temporary file + :func:`os.replace`).
 
 Conversion (:func:`convert`) moves weights between ``.caffemodel``, Caffe
-HDF5 and checkpoints; :func:`export_program` writes a ``torch.export``
-program (``.pt2``) of a deploy net.
+HDF5 and checkpoints.  Going back to a caffemodel keeps Caffe's own limits: a
+repeated layer name is written twice, and Caffe (like
+:mod:`caffe_compat.weights`) gives the file's blobs to the first layer of a
+name only.
+
+``torch.export`` (:func:`export_program`) traces :class:`ExportWrapper`, which
+runs the layers in net order like ``Net.forward`` minus its input checks
+(``Net.forward`` tests inputs for NaN/Inf with a data-dependent ``if``).  A
+layer that cannot be traced (data-dependent Python control flow such as
+``bool(tensor)`` or ``.item()``, e.g. the label checks of loss layers) makes
+a :class:`~caffe_compat.errors.NotSupportedError` naming it; data layers,
+MatWrite and SegAccuracy are refused before tracing.  With ``dynamic=True``
+dimensions that a layer turns into Python ints (``int(x.shape[2])``) are
+specialised to the example size by ``Dim.AUTO`` (logged).
 """
 from __future__ import annotations
 
@@ -44,7 +58,7 @@ import logging
 import os
 import re
 import tempfile
-import zipfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -89,12 +103,32 @@ def atomic_write(path: Path, writer, keep_suffix: bool = False) -> None:
                                dir=str(folder))
     os.close(fd)
     try:
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         writer(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _layer_keys(net: "Net") -> List[str]:
+    """Per layer, the name its blobs are stored under (``name``, or ``name#k`` for the k-th reuse)."""
+    seen: Dict[str, int] = {}
+    out: List[str] = []
+    for name in net.layer_names:
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        out.append(name if k == 0 else f"{name}#{k}")
+    taken = set(net.layer_names)
+    for li, lk in enumerate(out):
+        if lk != net.layer_names[li] and lk in taken:
+            raise WeightsError(f"net '{net.name}': cannot name the blobs of the repeated layer "
+                               f"'{net.layer_names[li]}': another layer is already called '{lk}'")
+    return out
 
 
 def blob_keys(net: "Net") -> Tuple[Dict[Tuple[int, int], str], Dict[str, str]]:
@@ -104,19 +138,9 @@ def blob_keys(net: "Net") -> Tuple[Dict[Tuple[int, int], str], Dict[str, str]]:
     of every blob the net owns (stored in ``state_dict``); ``shared`` maps the
     key of each blob that shares another layer's parameter to the owner's key.
     """
+    layer_key = _layer_keys(net)
     keys: Dict[Tuple[int, int], str] = {}
     shared: Dict[str, str] = {}
-    seen: Dict[str, int] = {}
-    layer_key: List[str] = []
-    for li, name in enumerate(net.layer_names):
-        k = seen.get(name, 0)
-        seen[name] = k + 1
-        layer_key.append(name if k == 0 else f"{name}#{k}")
-    taken = set(net.layer_names)
-    for li, lk in enumerate(layer_key):
-        if lk != net.layer_names[li] and lk in taken:
-            raise WeightsError(f"net '{net.name}': cannot name the blobs of the repeated layer "
-                               f"'{net.layer_names[li]}': another layer is already called '{lk}'")
     for li, layer in enumerate(net.layers):
         for bi in range(len(layer.blobs)):
             key = f"{layer_key[li]}/{bi}"
@@ -126,6 +150,17 @@ def blob_keys(net: "Net") -> Tuple[Dict[Tuple[int, int], str], Dict[str, str]]:
             else:
                 shared[key] = f"{layer_key[owner[0]]}/{owner[1]}"
     return keys, shared
+
+
+def _param_names(net: "Net") -> Dict[str, str]:
+    """``{key: ParamSpec name}`` of every blob with a ``param { name: ... }`` (owners and sharers)."""
+    layer_key = _layer_keys(net)
+    out = {}
+    for li, specs in enumerate(net.param_specs):
+        for bi, spec in enumerate(specs):
+            if spec.get("name"):
+                out[f"{layer_key[li]}/{bi}"] = str(spec["name"])
+    return out
 
 
 def net_text(net: "Net") -> Tuple[str, Optional[str]]:
@@ -168,6 +203,7 @@ def checkpoint_dict(net: "Net") -> dict:
         "outputs": list(net.outputs),
         "state_dict": state,
         "shared": shared,
+        "param_names": _param_names(net),
         "caffe_compat_version": __version__,
     }
 
@@ -446,13 +482,21 @@ def convert(prototxt: Optional[PathLike], weights: PathLike, out: PathLike, to: 
 
 
 # ----------------------------------------------------------------------------- torch.export
-#: layer types that cannot be part of an exported program (they read/write files or
-#: compute metrics with data-dependent Python code).
+#: layer types refused before tracing: they read or write files (data layers, MatWrite), or keep
+#: state across forwards (SegAccuracy's confusion matrix).
+#: Any other layer that cannot be traced is named from the tracing error.
 NON_EXPORTABLE_TYPES = frozenset({
-    "Data", "ImageData", "ImageSegData", "ImageDataSeg", "WindowData", "HDF5Data", "HDF5Output",
-    "MemoryData", "DummyData", "Python", "MatWrite", "MatRead", "SegAccuracy", "Accuracy",
-    "SegAccuracyLayer", "Silence",
+    "Data", "ImageData", "ImageSegData", "TwoImageData", "WindowData", "HDF5Data", "HDF5Output",
+    "MemoryData", "Python", "MatWrite", "SegAccuracy",
 })
+#: DummyData fillers whose values do not change between forwards: such a DummyData (the res
+#: deploy net's ``xy`` grid) becomes a constant of the program; random fillers would be frozen.
+_DETERMINISTIC_FILLERS = ("constant", "xy")
+
+
+# The layer being traced. Not a module attribute: torch.export traces a copy of the module and
+# restores module attributes afterwards, so only state outside the module survives a failure.
+_TRACE_STATE = threading.local()
 
 
 class ExportWrapper(torch.nn.Module):
@@ -468,7 +512,11 @@ class ExportWrapper(torch.nn.Module):
     def __init__(self, net: "Net"):
         super().__init__()
         self.net = net
-        self.current: Optional[int] = None
+
+    @property
+    def current(self) -> Optional[int]:
+        """Index of the layer being traced in this thread (None when no layer is running)."""
+        return getattr(_TRACE_STATE, "layer", None)
 
     def forward(self, *inputs):
         net = self.net
@@ -479,13 +527,13 @@ class ExportWrapper(torch.nn.Module):
         for i, (layer, bnames, tnames) in enumerate(zip(net.layers, net.bottom_names, net.top_names)):
             if i in skip:
                 continue
-            self.current = i
+            _TRACE_STATE.layer = i
             tops = layer(*[blobs[b] for b in bnames])
             if isinstance(tops, torch.Tensor):
                 tops = (tops,)
             for t, v in zip(tnames, tops):
                 blobs[t] = v
-        self.current = None
+        _TRACE_STATE.layer = None
         return tuple(blobs[k] for k in net.outputs)
 
 
@@ -495,7 +543,12 @@ def _export_blockers(net: "Net") -> List[str]:
     for i, (name, typ, bn) in enumerate(zip(net.layer_names, net.layer_types, net.bottom_names)):
         if i in skip:
             continue
-        if typ in NON_EXPORTABLE_TYPES or not bn:
+        if typ == "DummyData":
+            fillers = list(net.layers[i].param.dummy_data_param.data_filler)
+            bad = sorted({f.type for f in fillers if f.type not in _DETERMINISTIC_FILLERS})
+            if bad:
+                out.append(f"'{name}' ({typ} with random filler {', '.join(bad)})")
+        elif typ in NON_EXPORTABLE_TYPES or not bn:
             out.append(f"'{name}' ({typ})")
     return out
 
@@ -525,6 +578,9 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
             f"net inputs (Input layers / input: fields)")
     if not net.inputs:
         raise NotSupportedError(f"net '{net.name}': has no net inputs to export")
+    if not net.outputs:
+        raise NotSupportedError(f"net '{net.name}': has no outputs (every blob is consumed, e.g. by Silence); "
+                                f"an exported program must return something")
     shapes = dict(net.input_shapes)
     for k, v in (input_shapes or {}).items():
         if k not in shapes:
@@ -536,6 +592,7 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
         raise type(e)(f"net '{net.name}': the given input shapes do not fit: {e}") from None
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     wrapper = ExportWrapper(net)
+    _TRACE_STATE.layer = None
 
     def trace(example_shapes, dyn):
         gen = torch.Generator().manual_seed(0)
@@ -547,7 +604,7 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
         except CaffeCompatError:
             raise
         except Exception as e:
-            i = wrapper.current
+            i, _TRACE_STATE.layer = wrapper.current, None
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             if i is not None:
                 raise NotSupportedError(
@@ -588,14 +645,16 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
 
 
 def program_input_shapes(ep, names: Sequence[str]) -> Dict[str, list]:
-    """``{input name: [dims]}`` of an ExportedProgram's user inputs (dims are ints or symbols)."""
+    """``{input name: [dims]}`` of an ExportedProgram's user inputs (fixed dims as ints, dynamic as SymInts)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     specs = [sp for sp in ep.graph_signature.input_specs if sp.kind.name == "USER_INPUT"]
     nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     out = {}
     for name, sp in zip(names, specs):
         val = nodes[sp.arg.name].meta.get("val") if sp.arg.name in nodes else None
         dims = list(val.shape) if val is not None else []
-        out[name] = [int(d) if not isinstance(d, torch.SymInt) else d for d in dims]
+        out[name] = [int(d) if is_concrete_int(d) else d for d in dims]
     return out
 
 

@@ -11,7 +11,9 @@ The builder follows Caffe's ``Net::Init`` and knows nothing layer-specific:
   in-place layers simply overwrite the blob; a blob consumed by several layers
   is shared (autograd sums the gradients, like Caffe's inserted ``Split``);
 * ``param { name: ... }`` shares one :class:`torch.nn.Parameter` between
-  layers; ``lr_mult: 0`` freezes a parameter (``requires_grad=False``);
+  layers; ``lr_mult: 0`` freezes a parameter (``requires_grad=False``) unless
+  ``force_backward`` is set (Caffe then computes every parameter diff; the
+  solver still never applies an ``lr_mult: 0`` update);
 * net outputs are the blobs that no later layer consumes (Caffe's rule);
 * loss tops get their ``loss_weight`` (default 1 for loss layers).
 
@@ -220,10 +222,16 @@ class Net(nn.Module):
             self.bottom_names.append(list(lp.bottom))
             self.top_names.append(tops)
         self.inputs: List[str] = list(self.input_shapes)
-        self.outputs: List[str] = [b for b in available if b not in self.input_shapes or True]
+        self.outputs: List[str] = list(available)
         self.blob_shapes: "OrderedDict[str, Tuple[int, ...]]" = shapes
         self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._input_layers = {i for i, l in enumerate(self.layers) if getattr(l, "feeds_net_inputs", False)}
+        # Layers that care which of their tops are net outputs (the fork zeroes element 0 of
+        # every net output before each forward, which sticks for never-refilled tops).
+        for layer, tnames in zip(self.layers, self.top_names):
+            hook = getattr(layer, "set_net_outputs", None)
+            if hook is not None:
+                hook([i for i, t in enumerate(tnames) if t in self.outputs])
         log.debug("built net %r: %d layers, %d blobs", self.name, len(self.layers), len(shapes))
 
     def _setup_params(self, layer, lp, idx: int, owners) -> None:
@@ -257,7 +265,7 @@ class Net(nn.Module):
                     if not owner_spec[key + "_set"]:
                         owner_spec[key], owner_spec[key + "_set"] = val, True
                         if key == "lr_mult":
-                            p_owner.requires_grad_(val != 0)
+                            p_owner.requires_grad_(val != 0 or self.force_backward)
                 if mine.shape != p_owner.shape:
                     layer.blobs[i] = p_owner  # permissive: same storage, owner's shape
                 else:
@@ -270,7 +278,9 @@ class Net(nn.Module):
                    "decay_mult": 1.0 if decay is None else float(decay), "decay_mult_set": decay is not None}
             if name:
                 owners[name] = (idx, i)
-            layer.blobs[i].requires_grad_(rec["lr_mult"] != 0)
+            # Caffe: lr_mult 0 => no param diff, except that force_backward turns on
+            # param_propagate_down for every blob (the solver still never updates it).
+            layer.blobs[i].requires_grad_(rec["lr_mult"] != 0 or self.force_backward)
             specs.append(rec)
         self.param_specs.append(specs)
 

@@ -29,11 +29,11 @@ def template_defines() -> Dict[str, str]:
     return {"GOLDEN_DATA": str(GOLDEN / "data"), "GOLDEN_E2E": str(GOLDEN / "e2e")}
 
 
-def rel_err(a, b) -> float:
+def rel_err(a, b, floor: float = 0.0) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, f"shape {a.shape} != golden {b.shape}"
-    scale = np.abs(b).max() if b.size else 0.0
+    scale = max(np.abs(b).max() if b.size else 0.0, floor)
     diff = np.abs(a - b).max() if b.size else 0.0
     if diff == 0.0:
         return 0.0
@@ -59,8 +59,61 @@ def set_params(net, npz) -> None:
             blob.copy_(arr.to(blob.dtype))
 
 
+def force_recorded_blobs(net, npz, skip_blob=lambda name: "_split_" in name):
+    """Make every recorded blob take the fork's value, keeping our autograd graph.
+
+    A forward hook on the last layer writing each recorded blob replaces its
+    output ``v`` by ``v + (G - v).detach()``: the value is the fork's ``G``,
+    the gradient flows through our layer.  Each layer then computes from
+    exactly the fork's inputs, so the comparison measures every layer in situ
+    (its own rounding only) and the backward takes the same discrete decisions
+    (MAX routing, ReLU masks) as the fork, instead of amplifying float32
+    noise accumulated over a 100-layer trunk.  Returns the hook handles.
+    """
+    last_writer = {}
+    for i, tops in enumerate(net.top_names):
+        for t in tops:
+            last_writer[t] = i
+    handles = []
+    for i, layer in enumerate(net.layers):
+        tops = net.top_names[i]
+        forced = {j: torch.from_numpy(np.asarray(npz["out/" + t])) for j, t in enumerate(tops)
+                  if last_writer.get(t) == i and ("out/" + t) in npz.files and not skip_blob(t)}
+        if not forced:
+            continue
+
+        def hook(module, args, output, forced=forced):
+            out = list(output)
+            for j, g in forced.items():
+                v = out[j]
+                out[j] = v + (g.to(v.dtype) - v).detach()
+            return tuple(out)
+
+        handles.append(layer.register_forward_hook(hook))
+    return handles
+
+
+def _param_scales(npz):
+    """Per layer, the largest golden |param diff| over all its blobs."""
+    scales = {}
+    for k in npz.files:
+        if k.startswith("param_diff/"):
+            lname = k[len("param_diff/"):].rsplit("/", 1)[0]
+            scales[lname] = max(scales.get(lname, 0.0), float(np.abs(npz[k]).max()) if npz[k].size else 0.0)
+    return scales
+
+
 def run_case(net, npz, check_backward: bool = True, skip_blob=lambda name: "_split_" in name):
-    """Forward (and backward) a golden case; returns a list of (key, rel error, tolerance)."""
+    """Forward (and backward) a golden case; returns a list of (key, rel error, tolerance).
+
+    Parameter diffs are compared relative to ``max(max|golden|, 1e-3 * S)``
+    where ``S`` is the largest golden diff of any blob of the same layer: a
+    diff a thousand times smaller than its layer's other diffs is float32
+    rounding of a cancelling sum (e.g. the embedding bias feeding Im2dist,
+    whose exact gradient is 0 by translation invariance; the fork recorded
+    ~1e-6 next to weight diffs of ~7e3), and only an absolute comparison at
+    the layer's float32 resolution is meaningful for it.
+    """
     inputs = {k[3:]: torch.from_numpy(np.asarray(npz[k])) for k in npz.files if k.startswith("in/")}
     net.forward(**inputs)
     results = []
@@ -80,6 +133,7 @@ def run_case(net, npz, check_backward: bool = True, skip_blob=lambda name: "_spl
     for p in net.parameters():
         p.grad = None
     in_grads = net.backward(**diffs)
+    scales = _param_scales(npz)
     for k in npz.files:
         if k.startswith("bottom_diff/"):
             name = k[len("bottom_diff/"):]
@@ -90,7 +144,7 @@ def run_case(net, npz, check_backward: bool = True, skip_blob=lambda name: "_spl
             lname, i = k[len("param_diff/"):].rsplit("/", 1)
             p = net.params[lname][int(i)]
             g = np.zeros(tuple(p.shape), np.float32) if p.grad is None else to_np(p.grad)
-            results.append((k, rel_err(g, npz[k]), BWD_TOL))
+            results.append((k, rel_err(g, npz[k], floor=1e-3 * scales.get(lname, 0.0)), BWD_TOL))
     return results
 
 

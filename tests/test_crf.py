@@ -202,7 +202,7 @@ def test_mask_removed_entries_get_exactly_zero_weight():
 def test_gradcheck_normconv_mask(gi, norm, rc, rb):
     geom = GEOMS[gi]
     g = torch.Generator().manual_seed(20 + gi)
-    emb = (0.6 * torch.randn(2, 2, 4, 5, dtype=torch.float64, generator=g)).requires_grad_()
+    emb = (0.6 * torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=g)).requires_grad_()
     s = torch.tensor([0.9], dtype=torch.float64, requires_grad=True)
     # L1 away from ties: random continuous features never tie; out-of-image/removed entries are constants
     assert torch.autograd.gradcheck(lambda e, sc: normconv_mask(e, sc, geom, norm, rc, rb), (emb, s))
@@ -214,13 +214,13 @@ def test_gradcheck_normconv_mask(gi, norm, rc, rb):
 def test_gradcheck_masked_window_sum(gi, group):
     geom = GEOMS[gi]
     g = torch.Generator().manual_seed(30 + gi)
-    img = torch.randn(2, 4, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    Ho, Wo = geom.output_size(4, 5)
+    img = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    Ho, Wo = geom.output_size(3, 4)
     A = torch.rand(2, geom.taps, Ho, Wo, dtype=torch.float64, generator=g, requires_grad=True)
     if group is None:
         assert torch.autograd.gradcheck(lambda x, a: masked_window_sum(x, a, geom), (img, A))
     else:
-        w = torch.randn(6, 4 // group, *geom.kernel, dtype=torch.float64, generator=g, requires_grad=True)
+        w = torch.randn(4, 2 // group, *geom.kernel, dtype=torch.float64, generator=g, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x, a, ww: masked_window_sum(x, a, geom, ww, group), (img, A, w))
 
 
@@ -237,8 +237,9 @@ def test_gradcheck_norm_conv_all_inputs():
         (img, emb, w, b, s))
 
 
-TINY_BIL = MeanfieldKernel(Window((3, 3), (1, 1), (2, 2), (2, 2)), 0.7, True, True)
-TINY_SP = MeanfieldKernel(Window((3, 3), (1, 1), (1, 1), (1, 1)), 1.3, True, True)
+# scales as the prototxt's float32 fields hold them
+TINY_BIL = MeanfieldKernel(Window((3, 3), (1, 1), (2, 2), (2, 2)), float(np.float32(0.7)), True, True)
+TINY_SP = MeanfieldKernel(Window((3, 3), (1, 1), (1, 1), (1, 1)), float(np.float32(1.3)), True, True)
 
 
 def test_gradcheck_tiny_meanfield():
@@ -297,10 +298,10 @@ def test_meanfield_explicit_iteration_formula():
     q = q0
     for _ in range(2):
         p = torch.softmax(q, 1)
-        S = naive_norm_conv(p, fs, ones, None, torch.tensor(1.3, dtype=torch.float64), TINY_SP.window, 3, L2,
-                            True, True)
-        B = naive_norm_conv(p, fb, ones, None, torch.tensor(0.7, dtype=torch.float64), TINY_BIL.window, 3, L2,
-                            True, True)
+        S = naive_norm_conv(p, fs, ones, None, torch.tensor(TINY_SP.scale, dtype=torch.float64), TINY_SP.window,
+                            3, L2, True, True)
+        B = naive_norm_conv(p, fb, ones, None, torch.tensor(TINY_BIL.scale, dtype=torch.float64),
+                            TINY_BIL.window, 3, L2, True, True)
         mm = lambda m, x: torch.einsum("rc,nchw->nrhw", m.reshape(3, 3), x)  # noqa: E731
         q = u - mm(layer.blobs[2], mm(layer.blobs[0], S) + mm(layer.blobs[1], B))
     torch.testing.assert_close(layer(u, q0, fb, fs)[0], q)

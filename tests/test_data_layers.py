@@ -22,8 +22,7 @@ from google.protobuf import text_format
 from caffe_compat import schema
 from caffe_compat.errors import DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
 from caffe_compat.layers import BuildContext, get_layer_class, shape_only
-from caffe_compat.layers.data import (DummyDataLayer, ImageDataLayer, ImageSegDataLayer, InputLayer,
-                                      MatWriteLayer, TwoImageDataLayer)
+from caffe_compat.layers.data import DummyDataLayer
 from caffe_compat.pipeline import images as I
 from caffe_compat.pipeline import lists as L
 from caffe_compat.pipeline import matio as M
@@ -379,7 +378,7 @@ def test_imagesegdata_synthetic_train_crop_mirror_consistency(tmp_path):
         data, label, dim = layer()
         assert data.shape == (2, 3, 5, 5) and label.shape == (2, 1, 5, 5)
         for n in range(2):
-            x_from_data = (data[n, 0] + MEAN[0]).round() - [0, 1][n]   # B channel = 10*x + k
+            x_from_data = (data[n, 2] + MEAN[2]).round() - [0, 1][n]  # R = 10*x + k (BGR order)
             x_from_label = label[n, 0] - 1
             assert torch.equal(x_from_data / 10, x_from_label)  # same crop and mirror for both
             row = x_from_label[0]
@@ -444,13 +443,27 @@ def test_imagesegdata_wraps_shuffles_and_skips(tmp_path):
     ks = []
     for _ in range(3):
         data = layer()[0]
-        ks += [int(round(float(data[n, 0, 0, 0] + MEAN[0]))) for n in range(2)]  # pixel (0,0) = k
+        ks += [int(round(float(data[n, 0, 0, 0] + MEAN[0]))) - 200 for n in range(2)]  # B = 200 + k
     assert ks == [0, 1, 2, 0, 1, 2]
     layer = build(seg_text(lst, root, crop=4, extra_idp="shuffle: true"), seed=5)
-    epoch = [int(round(float(layer()[0][0, 0, 0, 0] + MEAN[0]))) for _ in range(3)]
+    epoch = [int(round(float(layer()[0][0, 0, 0, 0] + MEAN[0]))) - 200 for _ in range(3)]
     assert sorted(epoch) == [0, 1, 2]
-    layer = build(seg_text(lst, root, crop=4, extra_idp="rand_skip: 3"), seed=1)
-    assert layer.cursor == 0 and layer.num_items == 3 and layer.cursor in (0, 1, 2)
+    skips = set()
+    for seed in range(12):
+        layer = build(seg_text(lst, root, crop=4, extra_idp="rand_skip: 3"), seed=seed)
+        assert layer.num_items == 3
+        skip = layer.cursor
+        skips.add(skip)
+        assert int(round(float(layer()[0][0, 0, 0, 0] + MEAN[0]))) - 200 == skip  # starts after the skip
+    assert skips == {0, 1, 2}
+    errors = 0
+    for seed in range(12):
+        try:
+            build(seg_text(lst, root, crop=4, extra_idp="rand_skip: 50"), seed=seed).num_items
+        except DataError as e:
+            assert "not enough points to skip" in str(e)
+            errors += 1
+    assert errors > 0
 
 
 def test_imagesegdata_set_source_and_root_concat(tmp_path):
@@ -524,9 +537,10 @@ def test_imagesegdata_crop_height_width_and_float64(tmp_path):
     layer = build(seg_text(lst, root, extra_tp="crop_height: 4 crop_width: 6 scale: 0.5"), dtype=torch.float64)
     data, label, dim = layer()
     assert data.dtype == torch.float64 and data.shape == (1, 3, 4, 6)
-    # centre crop: h_off = (8-4)//2 = 2, w_off = (9-6)//2 = 1; B channel = 10*x
-    want = (np.float64(10 * (np.arange(6) + 1)) - np.float64(np.float32(104.008))) * 0.5
-    assert np.array_equal(data[0, 0, 0].numpy(), want)
+    # centre crop: h_off = (8-4)//2 = 2, w_off = (9-6)//2 = 1; R channel (index 2, BGR) = 10*x
+    want = (np.float64(10 * (np.arange(6) + 1)) - np.float64(np.float32(122.675))) * 0.5
+    assert np.array_equal(data[0, 2, 0].numpy(), want)
+    assert torch.all(data[0, 0] == (200 - np.float64(np.float32(104.008))) * 0.5)
 
 
 # ======================================================================================= ImageData
@@ -611,7 +625,7 @@ def test_twoimagedata_one_top_mirror_and_errors(tmp_path):
     layer = build(twoimage_text(str(tmp_path / "p.txt"), root, crop=3, mirror="true"), phase="TRAIN", seed=2)
     for _ in range(4):
         data, label = layer()
-        x_data = ((data[0, 0] + MEAN[0]).round()) / 10
+        x_data = ((data[0, 2] + MEAN[2]).round()) / 10
         assert torch.equal(x_data, label[0, 0] - 1)
     (tmp_path / "bad.txt").write_text("/img/0.png /lab/1.png\n")
     with pytest.raises(ShapeError, match="same size"):
@@ -684,6 +698,16 @@ def test_decode_and_resize_against_opencv(tmp_path):
             for color in (True, False):
                 want = cv2.imread(f, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
                 assert np.array_equal(I.read_image(f, color), want), (f, color)
+        for orientation in (3, 6):  # EXIF orientation is applied, as OpenCV's imread does
+            im = Image.fromarray(rgb)
+            exif = im.getexif()
+            exif[0x0112] = orientation
+            f = str(tmp_path / f"o{t}_{orientation}.jpg")
+            im.save(f, exif=exif.tobytes())
+            for color in (True, False):
+                want = cv2.imread(f, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+                assert np.array_equal(I.read_image(f, color), want), (f, color)
+            assert I.image_size(f) == cv2.imread(f).shape[:2]
         for s in (0.5, 0.75, 1.25, 1.5):
             nh, nw = int(np.float32(h) * np.float32(s)), int(np.float32(w) * np.float32(s))
             if min(nh, nw) < 1:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden import GOLDEN, assert_results, run_case
+from golden import GOLDEN, assert_results, force_recorded_blobs, run_case
 
 import caffe_compat
 
@@ -50,10 +50,54 @@ def test_caffemodel_params_equal_golden(built, name):
             np.testing.assert_array_equal(net.params[lname][int(i)].detach().numpy(), npz[k], err_msg=k)
 
 
+# Goldens that are float32 rounding of a cancelling sum in the FORK itself: compared at 1e-3.
+# Evidence: with the fork's recorded forward values forced in, the port run in float64
+# (i.e. the exact value for those inputs) differs from the fork's number by 2.4e-4 for
+# scaled_rgb (a scalar Scale: a dot product of 3267 products of mixed sign), more than
+# the port's float32 run does (1.7e-4).  See docs/golden_notes.md.
+ILL_CONDITIONED = {("res", "param_diff/scaled_rgb/0"): 1e-3}
+
+
 @pytest.mark.parametrize("name", NETS)
-def test_forward_backward_match_fork(built, name):
+def test_every_layer_in_situ_and_backward_match_fork(built, name):
+    """Forward with each recorded blob forced to the fork's value, backward through our layers.
+
+    Every layer computes from exactly the fork's inputs (forward <= 1e-5 per
+    blob) and the backward takes the fork's discrete decisions, so the input
+    and parameter gradients are compared at 1e-4.
+    """
+    net, npz, _ = built(name)
+    handles = force_recorded_blobs(net, npz)
+    try:
+        results = run_case(net, npz, check_backward=True)
+    finally:
+        for h in handles:
+            h.remove()
+    results = [(k, e, ILL_CONDITIONED.get((name, k), tol)) for k, e, tol in results]
+    assert_results(results)
+
+
+@pytest.mark.parametrize("name", ["embs", "vgg"])
+def test_free_run_matches_fork(built, name):
+    """The nets run end to end on their own activations: every blob and gradient within tolerance."""
     net, npz, _ = built(name)
     assert_results(run_case(net, npz, check_backward=True))
+
+
+def test_res_free_run_drift_is_float32_rounding(built):
+    """res (ResNet-101 trunk x 3 scales) run end to end on its own activations.
+
+    Float32 rounding accumulates over ~100 layers: at res5 the fork itself is
+    ~6e-4 (relative) away from a float64 run of the port, and the float32 port
+    is as far; so each blob is bounded at 2e-3, and blobs before the trunk
+    (embedding branch, inputs) at 1e-5.  In-situ exactness of every layer is
+    the test above.
+    """
+    net, npz, _ = built("res")
+    results = run_case(net, npz, check_backward=False)
+    deep = ("res", "bn", "scale", "fc1", "fc_fusion", "pool1", "conv1", "crf", "unary", "Q0", "two_", "halfsize")
+    results = [(k, e, 2e-3 if k[4:].startswith(deep) else tol) for k, e, tol in results]
+    assert_results(results)
 
 
 @pytest.mark.parametrize("name", ["embs", "res"])

@@ -402,7 +402,9 @@ def _pool_params(method, kernel, stride, pad):
 
 @pytest.mark.parametrize("method,kernel,stride,pad", POOL_CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_pooling_matches_caffe_loops(method, kernel, stride, pad, ties):
+@pytest.mark.parametrize("torch_fast_path", [True, False])
+def test_pooling_matches_caffe_loops(monkeypatch, method, kernel, stride, pad, ties, torch_fast_path):
+    monkeypatch.setattr(pool_ops, "USE_TORCH_MAX_POOL", torch_fast_path)
     shape = (2, 2, 7, 9)
     x = rand(*shape, seed=11)
     if ties:
@@ -425,6 +427,7 @@ def test_max_pool_unfold_path_equals_tap_loop(monkeypatch, method, kernel, strid
     x[1, 1] = float("-inf")
     out = (pool_ops.pooled_size(7, kernel[0], stride[0], pad[0], pad != (0, 0)),
            pool_ops.pooled_size(9, kernel[1], stride[1], pad[1], pad != (0, 0)))
+    monkeypatch.setattr(pool_ops, "USE_TORCH_MAX_POOL", False)
     y1, i1 = pool_ops.max_pool2d_caffe(x, kernel, stride, pad, out)
     monkeypatch.setattr(pool_ops, "TAP_LOOP_MAX", 0)
     y2, i2 = pool_ops.max_pool2d_caffe(x, kernel, stride, pad, out)
@@ -432,7 +435,32 @@ def test_max_pool_unfold_path_equals_tap_loop(monkeypatch, method, kernel, strid
     assert torch.equal(y1, y2)
 
 
-def test_max_pool_nan_inf_and_flt_max():
+@pytest.mark.parametrize("kernel,stride,pad", [((3, 3), (2, 2), (2, 1)), ((2, 3), (2, 3), (0, 0))])
+def test_pooling_gradcheck(monkeypatch, kernel, stride, pad):
+    """Both pooling ops are autograd compositions (gather / pad + sum): gradcheck them in float64."""
+    monkeypatch.setattr(pool_ops, "USE_TORCH_MAX_POOL", False)
+    x = rand(1, 2, 6, 7, seed=8, grad=True)
+    clip = pad != (0, 0)
+    out = (pool_ops.pooled_size(6, kernel[0], stride[0], pad[0], clip),
+           pool_ops.pooled_size(7, kernel[1], stride[1], pad[1], clip))
+    assert torch.autograd.gradcheck(lambda t: pool_ops.max_pool2d_caffe(t, kernel, stride, pad, out)[0], (x,))
+    assert torch.autograd.gradcheck(lambda t: pool_ops.ave_pool2d_caffe(t, kernel, stride, pad, out), (x,))
+
+
+def test_max_pool_torch_fast_path_only_where_equal():
+    x = rand(1, 2, 7, 9, seed=1)
+    assert pool_ops._torch_max_pool(x, (3, 3), (2, 2), (1, 1), (4, 5)) is not None  # the configs' pool
+    assert pool_ops._torch_max_pool(x, (3, 3), (1, 1), (2, 2), (9, 11)) is None  # pad > k/2
+    assert pool_ops._torch_max_pool(x, (2, 2), (4, 4), (0, 0), (3, 3)) is None  # no clip without pad
+    x[0, 0, 0, 0] = float("nan")
+    assert pool_ops._torch_max_pool(x, (3, 3), (2, 2), (1, 1), (4, 5)) is None
+    y = torch.full((1, 1, 4, 4), -FLT_MAX, dtype=torch.float64)
+    assert pool_ops._torch_max_pool(y, (2, 2), (2, 2), (0, 0), (2, 2)) is None  # Caffe: mask -1 there
+
+
+@pytest.mark.parametrize("torch_fast_path", [True, False])
+def test_max_pool_nan_inf_and_flt_max(monkeypatch, torch_fast_path):
+    monkeypatch.setattr(pool_ops, "USE_TORCH_MAX_POOL", torch_fast_path)
     """NaN never wins; all -inf (or NaN) windows give -FLT_MAX and mask -1 (Caffe), no gradient."""
     x = torch.tensor([[[[float("nan"), 1.0], [float("-inf"), float("nan")]]]], dtype=torch.float64)
     x2 = torch.full((1, 1, 2, 2), float("-inf"), dtype=torch.float64)
@@ -447,7 +475,9 @@ def test_max_pool_nan_inf_and_flt_max():
     assert torch.all(g == 0)
 
 
-def test_max_pool_mask_top_and_ties():
+@pytest.mark.parametrize("torch_fast_path", [True, False])
+def test_max_pool_mask_top_and_ties(monkeypatch, torch_fast_path):
+    monkeypatch.setattr(pool_ops, "USE_TORCH_MAX_POOL", torch_fast_path)
     x = torch.tensor([[[[1., 3., 3.], [3., 2., 0.], [1., 3., 1.]]]])
     layer = make("Pooling", "pooling_param { pool: MAX kernel_size: 2 stride: 1 }", [(1, 1, 3, 3)],
                  tops=["y", "mask"])
@@ -648,8 +678,7 @@ def test_exp(params, fn):
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-6, equal_nan=True)
     ep = schema.message_class("ExpParameter")()
     text_format.Merge(params.replace("exp_param {", "").rstrip("} "), ep)
-    inner = 1.0 if ep.base == -1 else np.log(ep.base) * ep.scale
-    inner = ep.scale if ep.base == -1 else inner
+    inner = ep.scale * (1.0 if ep.base == -1 else np.log(ep.base))  # ln(e) taken as exactly 1
     np.testing.assert_allclose(dx.numpy(), ref * inner, rtol=1e-6, equal_nan=True)
 
 

@@ -170,7 +170,7 @@ def test_param_sharing_and_lr_mult():
     net = Net.from_string(SHARED, seed=1)
     assert net.params["ca"][0] is net.params["cb"][0]
     assert net.params["ca"][1] is net.params["cb"][1]
-    assert not net.params["ca"][1].requires_grad
+    assert net.params["ca"][1].requires_grad  # force_backward
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     net(a=a, b=b)
     g = torch.randn(2, 2, 4, 4)
@@ -179,7 +179,8 @@ def test_param_sharing_and_lr_mult():
     # the shared weight's gradient is the sum of both uses
     expect = torch.einsum("nohw,nchw->oc", g, a + b).reshape(2, 3, 1, 1)
     torch.testing.assert_close(w.grad, expect, rtol=1e-5, atol=1e-5)
-    assert net.params["ca"][1].grad is None  # lr_mult 0: no gradient, as Caffe
+    # force_backward: Caffe computes every param diff, lr_mult 0 included (the solver never applies it)
+    torch.testing.assert_close(net.params["ca"][1].grad, 2 * g.sum((0, 2, 3)))
     assert grads["a"] is not None and grads["a"].shape == a.shape  # force_backward: input diffs
     # shared params are one tensor: a shape conflict is an error
     bad = SHARED.replace('bottom: "b" top: "cb"', 'bottom: "b" top: "cb"').replace(
@@ -197,6 +198,7 @@ def test_no_input_gradients_without_force_backward():
     grads = net.backward(s=torch.ones(2, 2, 4, 4))
     assert grads["a"] is None
     assert net.params["ca"][0].grad is not None
+    assert net.params["ca"][1].grad is None  # lr_mult 0 and no force_backward: no gradient, as Caffe
 
 
 def test_blob_consumed_twice_gradient_summed_and_outputs():

@@ -35,6 +35,15 @@ GOLDEN_PREFIXES = ("im2col_", "im2dist_", "im2parity_", "distloss_", "channelred
 
 
 # ----------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add overhead (a lot on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make(text: str, *shapes, ctx=None):
     """Build the layer described by a LayerParameter text for the given bottom shapes."""
     lp = text_format.Merge(text, schema.LayerParameter())
@@ -240,29 +249,30 @@ def test_im2dist_chunking_gives_identical_results(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("g", [geom(3, 1, 1, 1), geom(3, 2, 2, 2), geom(2, 1, 1, 1), geom((2, 3), (2, 1), (1, 2), 1),
+@pytest.mark.parametrize("g", [geom(2, 1, 1, 1), geom(3, 2, 2, 2), geom((2, 3), (2, 1), (1, 2), 1), geom(3, 1, 1, 1),
                                geom(3, 1, 3, 1), geom(5, 1, 6, 3)])
 @pytest.mark.parametrize("flags", [(False, False), (True, True)])
 def test_im2dist_l2_gradcheck(g, flags):
-    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
                     requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L2", *flags), (x,))
+    # full Jacobian for the small kernels, random projections (fast_mode) for the big ones
+    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L2", *flags), (x,), fast_mode=g.taps > 6)
 
 
-@pytest.mark.parametrize("g", [geom(3, 1, 1, 1), geom(3, 2, 2, 2), geom((2, 3), 1, (1, 2), 1)])
+@pytest.mark.parametrize("g", [geom(3, 1, 1, 1), geom(3, 2, 2, 2), geom((2, 3), 1, (1, 2), 1), geom(2, 1, 1, 1)])
 def test_im2dist_l1_gradcheck_away_from_ties(g):
     # distinct values spaced by >= 0.1 (gradcheck's eps is 1e-6): no |d| near 0
-    n = 2 * 2 * 5 * 6
+    n = 2 * 2 * 4 * 5
     vals = torch.randperm(n, generator=torch.Generator().manual_seed(1)).double() * 0.1
-    x = vals.reshape(2, 2, 5, 6).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L1"), (x,))
-    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L1", True, True), (x,))
+    x = vals.reshape(2, 2, 4, 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L1"), (x,), fast_mode=g.taps > 6)
+    assert torch.autograd.gradcheck(lambda t: im2dist(t, g, "L1", True, True), (x,), fast_mode=True)
 
 
 @pytest.mark.parametrize("g", [geom(3, 1, 1, 1), geom(3, 2, 2, 2), geom((2, 3), 1, (1, 2), 1), geom(3, 1, 0, 1)])
 def test_im2col_gradcheck(g):
-    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: im2col(t, g), (x,))
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: im2col(t, g), (x,), fast_mode=True)
 
 
 def test_im2dist_l1_ties_and_out_of_image_give_no_gradient():

@@ -25,11 +25,13 @@ Outputs, in ``--out DIR`` (created; every file written atomically):
 * ``<blob>.npy``: each chosen blob (default: the net outputs) as it came out
   of the net (float32, full blob shape).
 * ``<blob>.png``: a VOC-palette PNG of *label-like* 4-D blobs: the argmax over
-  channels of a blob with 2..256 channels (first maximum wins on ties, as
-  Caffe's ArgMax), or the values of a 1-channel blob holding integers in
-  0..255.  When the blob has the net input's spatial size, the PNG is cropped
-  to the image's part of it (the padding is removed; a centre-cropped image
-  cannot be restored).
+  channels of a blob with 2..256 channels (first maximum wins on ties and
+  NaN is skipped, as ``max`` in the original MATLAB ``GetFastResult``; the
+  softmax it applies first does not change the argmax except on overflow),
+  or the values of a 1-channel blob holding integers in 0..255.  When the
+  blob has the net input's spatial size, the PNG is cropped to the image's
+  part of it (the padding is removed, like ``GetFastResult``'s top-left crop;
+  a centre-cropped image cannot be restored).
 * ``<blob>.png`` for an *embedding* blob instead (named with ``--embedding``,
   or any blob whose name contains ``emb`` with more than 3 channels): RGB,
   the first three principal components of the per-pixel embedding vectors
@@ -37,16 +39,15 @@ Outputs, in ``--out DIR`` (created; every file written atomically):
   the largest loading is positive), each stretched to 0..255.
 * A batch of N > 1 would write ``<blob>_<n>.png`` per image.
 
-Blob names are made file-safe (characters other than letters, digits,
+Net inputs (e.g. ``--blobs data``) are saved as ``.npy`` only.  Blob names
+are made file-safe (characters other than letters, digits,
 ``._-`` become ``_``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -138,15 +139,9 @@ def safe_name(name: str) -> str:
 
 
 def _atomic(path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, writer)
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
@@ -160,14 +155,15 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
 def label_map(blob: np.ndarray) -> Optional[np.ndarray]:
     """``N x H x W`` uint8 labels of a label-like ``N x C x H x W`` blob, else ``None``.
 
-    C in 2..256: argmax over channels (first maximum on ties); C == 1: the
+    C in 2..256: argmax over channels (first maximum on ties, NaN skipped, as
+    MATLAB's ``max``); C == 1: the
     values themselves when they are all integers in 0..255.
     """
     if blob.ndim != 4 or blob.shape[2] < 1 or blob.shape[3] < 1 or blob.shape[0] < 1:
         return None
     c = blob.shape[1]
     if 2 <= c <= 256:
-        return np.argmax(blob, axis=1).astype(np.uint8)
+        return np.argmax(np.where(np.isnan(blob), -np.inf, blob), axis=1).astype(np.uint8)
     if c == 1:
         v = blob[:, 0]
         if np.all(np.isfinite(v)) and np.all(v == np.round(v)) and v.min() >= 0 and v.max() <= 255:
@@ -281,8 +277,8 @@ def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: 
         p = out_dir / f"{base}.npy"
         save_npy(p, arr)
         written.append(p)
-        if arr.ndim != 4:
-            continue
+        if arr.ndim != 4 or name in net.inputs:
+            continue  # images only of 4-D computed blobs
         crop = valid if tuple(arr.shape[2:]) == in_hw else None
         n = arr.shape[0]
         if is_embedding(name, arr, embeddings):

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from .. import schema
-from ..errors import DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
+from ..errors import DataError, NetError, NotSupportedError, ShapeError
 from ..pipeline import images as _img
 from ..pipeline import lists as _lists
 from ..pipeline import matio as _matio
@@ -297,8 +297,6 @@ class _ImageListLayer(Layer):
         self.mean_file = tp.mean_file if tp.HasField("mean_file") else None
         if self.mean_file is not None and self.mean_values:
             raise self.error("transform_param: cannot specify mean_file and mean_value at the same time")
-        if tp.force_color and tp.force_gray:
-            raise self.error("transform_param: cannot set both force_color and force_gray")
         self.train = str(ctx.phase).upper() == "TRAIN"
         self._np_dtype = _np_dtype(ctx.dtype)
         self._lines: Optional[list] = None

@@ -24,12 +24,14 @@ Fork behaviours reproduced here:
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
 
 from ..errors import ShapeError
 from ..ops.eltwise import eltwise_max, eltwise_prod
+from ..ops.scale import scale_overwrite_grad
 from .base import Layer, register_layer
 from .shape_ops import canonical_axis
 
@@ -186,7 +188,15 @@ class ScaleLayer(Layer):
         else:
             s = self.blobs[0]
             bias = self.blobs[1] if self.bias_term else None
-        y = x * _broadcast_to(self, x, s, self._axis_for(s.dim(), x.dim()), "scale")
+        axis = self._axis_for(s.dim(), x.dim())
+        s_b = _broadcast_to(self, x, s, axis, "scale")
+        outer = math.prod(x.shape[:axis])
+        if (not self.two_bottoms and s.requires_grad and torch.is_grad_enabled() and not x.is_meta
+                and ((s.dim() > 0 and outer == 1) or s.numel() == x.numel())):
+            # The fork overwrites (does not accumulate) this diff: see caffe_compat.ops.scale.
+            y = scale_overwrite_grad(x, s_b.detach(), s)
+        else:
+            y = x * s_b
         if bias is not None:
             y = y + _broadcast_to(self, x, bias, self._axis_for(bias.dim(), x.dim()), "bias")
         return (y,)

@@ -89,7 +89,7 @@ def _label_mask(layer: Layer, label: torch.Tensor, num_classes: int, ignore: Opt
 
     ``index`` is int64 with 0 at ignored positions; ``valid`` is a bool mask.
     """
-    t = torch.trunc(label)
+    t = torch.trunc(label) if label.is_floating_point() else label.to(torch.float64)
     ign = (t == ignore) if ignore is not None else torch.zeros_like(t, dtype=torch.bool)
     ok = (t >= 0) & (t < num_classes)
     bad = ~(ign | ok)
@@ -439,7 +439,7 @@ class SegAccuracyLayer(Layer):
         if self.reset:
             self.confusion.zero_()
         pred = _argmax_last_tie(scores.detach(), 1)  # (N, 1, H, W)
-        t = torch.trunc(label.detach())
+        t = torch.trunc(label.detach()) if label.is_floating_point() else label.detach().to(torch.float64)
         ign = torch.zeros_like(t, dtype=torch.bool)
         for v in self.ignore_labels:
             ign |= t == v

@@ -46,10 +46,11 @@ LRN
   ``local_size`` channels centred on ``c`` (zero outside ``[0, C)``);
   ``y = x * scale^-beta``.
 * WITHIN_CHANNEL: Caffe's composition square -> AVE pooling (kernel
-  ``local_size``, pad ``(local_size-1)/2``, stride 1, **Caffe's AVE divisor
-  rule**: padding counts near the top/left... i.e. up to ``H + pad``) ->
-  ``(1 + alpha*avg)^-beta`` (a Power layer: note ``k`` is not used and alpha
-  is not divided by the window size) -> product with ``x``.
+  ``local_size``, pad ``(local_size-1)/2``, stride 1, with **Caffe's AVE
+  divisor**: the zero padding inside ``[-pad, H + pad)`` counts, so the
+  divisor is ``local_size^2`` everywhere for stride 1) ->
+  ``(1 + alpha*avg)^-beta`` (a Power layer: ``k`` is not used here) ->
+  product with ``x``.
 
 The backward of both is the true derivative, which is what Caffe's code
 computes (autograd; the Power step uses Caffe's Power backward).
@@ -65,11 +66,9 @@ or ``x - mean``; Caffe's backward (not quite the derivative when eps > 0): see
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..errors import NotSupportedError, ShapeError
+from ..errors import ShapeError
 from ..ops import scalars as S
 from ..ops.mvn import mvn_caffe
 from ..ops.pooling import ave_pool2d_caffe, pooled_size

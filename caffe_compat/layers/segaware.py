@@ -36,8 +36,8 @@ import torch
 
 from ..errors import CaffeCompatError, ShapeError
 from ..ops.dist_loss import dist_loss
-from ..ops.im2col import im2col, output_size
-from ..ops.im2dist import FLT_MAX_OVER_100, im2dist
+from ..ops.im2col import im2col
+from ..ops.im2dist import im2dist
 from ..ops.im2parity import im2parity
 from .base import Layer, register_layer
 from .geometry import parse_conv_geometry

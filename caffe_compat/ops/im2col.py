@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import ShapeError
 
-__all__ = ["output_size", "centre_tap", "window_masks", "unfold_args", "im2col"]
+__all__ = ["output_size", "centre_tap", "window_masks", "centre_outside_any", "unfold_args", "im2col"]
 
 
 def output_size(h: int, w: int, geometry, what: str = "im2col") -> Tuple[int, int]:

@@ -72,7 +72,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 #: Caffe's ``FLT_MAX/100`` (computed in float32 as the fork does): the distance
@@ -402,8 +401,17 @@ def normconv_mask(emb: torch.Tensor, scale: Optional[torch.Tensor], geom, norm: 
 # ---------------------------------------------------------------------------
 # the masked window sum: (img, A, W) -> y
 # ---------------------------------------------------------------------------
-def _tap_weight(weight: torch.Tensor, i: int, j: int) -> torch.Tensor:
-    return weight[:, :, i:i + 1, j:j + 1]
+def _tap_weight(weight: torch.Tensor, i: int, j: int, group: int) -> torch.Tensor:
+    """Tap ``(i, j)`` of a ``(O, C/g, kh, kw)`` weight as ``(g, O/g, C/g)`` matrices."""
+    O, cg = weight.shape[0], weight.shape[1]
+    return weight[:, :, i, j].reshape(group, O // group, cg)
+
+
+def _mix(wk: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Grouped channel mixing ``(g, O/g, C/g) x (N, C, h, w) -> (N, O, h, w)`` (a grouped 1x1 conv)."""
+    N, C, h, w = r.shape
+    g, og, cg = wk.shape
+    return torch.matmul(wk, r.reshape(N, g, cg, h * w)).reshape(N, g * og, h, w)
 
 
 class MaskedWindowSum(torch.autograd.Function):
@@ -429,7 +437,7 @@ class MaskedWindowSum(torch.autograd.Function):
             if weight is None:
                 y[:, :, oy, ox].addcmul_(a, x)
             else:
-                y[:, :, oy, ox] += F.conv2d(a * x, _tap_weight(weight, i, j), groups=group)
+                y[:, :, oy, ox] += _mix(_tap_weight(weight, i, j, group), a * x)
         ctx.geom, ctx.group, ctx.depthwise = geom, group, weight is None
         ctx.save_for_backward(img, A, weight if weight is not None else img.new_zeros(()))
         return y
@@ -460,7 +468,7 @@ class MaskedWindowSum(torch.autograd.Function):
                 G = gyk
             else:
                 # G[c] = sum_{o in group(c)} W[o, c, k] * dy[o]
-                G = F.conv_transpose2d(gyk, _tap_weight(weight, i, j), groups=group)
+                G = _mix(_tap_weight(weight, i, j, group).transpose(1, 2), gyk)
             if need_img:
                 dimg[:, :, iy, ix].addcmul_(G, a)
             if need_A:

@@ -31,7 +31,10 @@ computed here (zero padding + ``avg_pool2d`` with ``divisor_override=1``).
 
 torch's own pooling differs: it requires ``pad <= k/2``, applies the clip rule
 even without padding, propagates NaN and pads MAX with ``-inf`` (output
-``-inf`` where Caffe has ``-FLT_MAX``).  Hence this module.
+``-inf`` where Caffe has ``-FLT_MAX``).  Hence this module.  For speed, MAX
+pooling still uses torch's ``max_pool2d`` when it provably gives Caffe's values,
+indices and gradient (same first-maximum rule and flat indices; checked
+conditions in :func:`_torch_max_pool`), and the exact per-tap scan otherwise.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ from .scalars import FLT_MAX
 
 #: Windows with more taps than this use an unfold + argmax path instead of a per-tap loop.
 TAP_LOOP_MAX = 64
+
+#: Use torch's ``max_pool2d`` where it provably gives Caffe's result (see :func:`_torch_max_pool`).
+USE_TORCH_MAX_POOL = True
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, clip: bool = None) -> int:
@@ -77,6 +83,38 @@ def _window_starts(n_out: int, stride: int, pad: int, device) -> torch.Tensor:
     return torch.arange(n_out, device=device, dtype=torch.int64) * stride - pad
 
 
+def _torch_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    """torch's ``ceil_mode=True`` pooled size (it applies the clip rule even without padding)."""
+    out = -((-(size + 2 * pad - kernel)) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _torch_max_pool(x, kernel, stride, pad, out_size):
+    """torch's ``max_pool2d`` where it equals Caffe, else ``None``.
+
+    torch scans each window row-major keeping the first strict maximum and
+    returns the same flat ``h * W + w`` indices, on CPU and CUDA.  It differs
+    from Caffe only (a) for ``pad > kernel/2`` (refused by torch), (b) where its
+    output size differs (clip rule without padding), (c) with NaN inputs
+    (torch propagates NaN) and (d) where a window maximum is ``<= -FLT_MAX``
+    (Caffe keeps ``-FLT_MAX`` and mask -1).  Cases (c) and (d) are detected
+    after the fact.
+    """
+    h, w = int(x.shape[2]), int(x.shape[3])
+    if 2 * pad[0] > kernel[0] or 2 * pad[1] > kernel[1]:
+        return None
+    if (_torch_out(h, kernel[0], stride[0], pad[0]), _torch_out(w, kernel[1], stride[1], pad[1])) != tuple(out_size):
+        return None
+    if bool(torch.isnan(x.detach()).any()):
+        return None
+    y, idx = F.max_pool2d(x, kernel, stride, pad, dilation=1, ceil_mode=True, return_indices=True)
+    if tuple(y.shape[2:]) != tuple(out_size) or bool((y.detach() <= -FLT_MAX).any()):
+        return None
+    return y, idx
+
+
 def max_pool2d_caffe(x: torch.Tensor, kernel: Tuple[int, int], stride: Tuple[int, int],
                      pad: Tuple[int, int], out_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Caffe MAX pooling of a ``(N, C, H, W)`` tensor.
@@ -92,6 +130,10 @@ def max_pool2d_caffe(x: torch.Tensor, kernel: Tuple[int, int], stride: Tuple[int
     sh, sw = stride
     if x.is_meta:
         return x.new_empty((n, c, ho, wo)), torch.empty((n, c, ho, wo), dtype=torch.int64, device="meta")
+    if USE_TORCH_MAX_POOL and n * c * ho * wo > 0:
+        fast = _torch_max_pool(x, kernel, stride, pad, out_size)
+        if fast is not None:
+            return fast
     need = ((ho - 1) * sh + kh, (wo - 1) * sw + kw)
     hs = _window_starts(ho, sh, pad[0], x.device)
     ws = _window_starts(wo, sw, pad[1], x.device)

@@ -105,6 +105,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: half-width (in float32 ulps) of the window around a rounding midpoint in which the
 #: C library's expf may round differently from the correct rounding (glibc: 0.502 ulp max error)
 _EXPF_WINDOW = 0.004
+_LOW29 = (1 << 29) - 1
+_HALF29 = 1 << 28
+_WINDOW29 = int(_EXPF_WINDOW * (1 << 29))
+_TINY = 2.0 ** -126        # smallest normal float32
+_ZERO_BELOW = 2.0 ** -152  # exp values below this give 0 in every float32 exp
+_HUGE = 2.0 ** 127
 
 
 # --------------------------------------------------------------------------- float32 exp
@@ -148,17 +154,17 @@ def matlab_exp(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         y64 = np.exp(x.astype(np.float64))
         y32 = y64.astype(np.float32)
-        expf = _libm_expf()
-        if expf is None or y32.size == 0:  # pragma: no cover - no C expf
-            return y32
-        # Distance of the exact value to the float32 rounding midpoint on its side, in ulps
-        # of that interval (float32 neighbours and their midpoint are exact in float64).
-        y32d = y32.astype(np.float64)
-        up = y64 > y32d
-        other = np.where(up, np.nextafter(y32, np.float32(np.inf)),
-                         np.nextafter(y32, np.float32(0))).astype(np.float64)
-        gap = np.abs(other - y32d)
-        near = np.isfinite(y32) & (np.abs(y64 - 0.5 * (y32d + other)) <= _EXPF_WINDOW * gap)
+    expf = _libm_expf()
+    if expf is None or y32.size == 0:  # pragma: no cover - no C expf
+        return y32
+    # For a float64 value in the float32 normal range, rounding to float32 drops the low 29
+    # mantissa bits; the value lies within w ulp of a float32 rounding midpoint iff those
+    # bits are within w * 2^29 of 2^28.  Values near/below the denormal range and near the
+    # overflow threshold are always recomputed (rare: logits below ~-87 or above ~88).
+    low = (y64.view(np.uint64) & np.uint64(_LOW29)).astype(np.int64)
+    near = np.abs(low - _HALF29) <= _WINDOW29
+    near |= (y64 < _TINY) & (y64 >= _ZERO_BELOW)
+    near |= y64 >= _HUGE
     if near.any():
         idx = np.nonzero(near)
         y32[idx] = np.array([expf(v) for v in x[idx].tolist()], dtype=np.float32)

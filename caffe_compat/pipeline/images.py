@@ -54,7 +54,7 @@ import numpy as np
 from ..errors import DataError
 
 try:  # Pillow is a hard requirement of the data layers only.
-    from PIL import Image, ImageFile, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 except ImportError:  # pragma: no cover - exercised only without Pillow
     Image = None  # type: ignore[assignment]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from ..errors import DataError
 

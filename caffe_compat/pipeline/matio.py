@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import zlib
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
