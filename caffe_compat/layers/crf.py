@@ -130,6 +130,9 @@ class NormConvLayer(Layer):
 
     def forward(self, img, emb):
         self._check_bottoms([tuple(img.shape), tuple(emb.shape)])
+        if img.is_meta or emb.is_meta:      # shape pass: nothing to compute
+            ho, wo = output_size(self.geom, img.shape[2], img.shape[3])
+            return (img.new_empty((img.shape[0], self.num_output, ho, wo)),)
         weight = self.blobs[0].to(img.dtype)
         scale = self.blobs[self.scale_index] if self.scale_term else None
         A = normconv_mask(emb.to(img.dtype), scale, self.geom, self.norm, self.remove_center, self.remove_bounds)
@@ -227,7 +230,10 @@ class NormConvMeanfieldLayer(Layer):
             check_shape((u[0], kern.window.taps, H, W), f"layer '{self.name}' {name} mask")
 
     def forward(self, unary, q0, bilateral_features, spatial_features):
-        self._check_bottoms([tuple(t.shape) for t in (unary, q0, bilateral_features, spatial_features)])
+        bottoms = (unary, q0, bilateral_features, spatial_features)
+        self._check_bottoms([tuple(t.shape) for t in bottoms])
+        if any(t.is_meta for t in bottoms):  # shape pass: nothing to compute
+            return (unary.new_empty(unary.shape),)
         dtype = unary.dtype
         return (normconv_meanfield(unary, q0.to(dtype), bilateral_features.to(dtype), spatial_features.to(dtype),
                                    self.blobs[0], self.blobs[1], self.blobs[2], self.num_iterations,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .norm_conv import L2, Window, masked_window_sum, normconv_mask, output_size
 
@@ -55,6 +56,29 @@ class MeanfieldKernel:
     scale: float
     remove_center: bool = True
     remove_bounds: bool = True
+
+
+class ChannelSoftmax(torch.autograd.Function):
+    """Caffe's Softmax over axis 1 (§3.15): ``y = exp(x - max_c x) / sum_c exp(x - max_c x)``.
+
+    Backward is Caffe's ``dx = y * (dy - sum_c dy*y)`` (the true derivative).  Written out
+    instead of ``torch.softmax`` because torch's kernel for a non-last axis parallelises
+    even tiny tensors, which is very slow on a busy 2-core machine; this is equally fast
+    on large inputs and stores only ``y``.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        y = (x - x.amax(1, keepdim=True)).exp_()
+        y /= y.sum(1, keepdim=True)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        (y,) = ctx.saved_tensors
+        return y * (gy - (gy * y).sum(1, keepdim=True))
 
 
 def _channel_matmul(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +122,7 @@ def normconv_meanfield(unary: torch.Tensor, q0: torch.Tensor, bilateral_features
     a_sp = mask(spatial_features, spatial)
     q = q0
     for _ in range(num_iterations):
-        p = torch.softmax(q, dim=1)
+        p = ChannelSoftmax.apply(q)
         s_out = masked_window_sum(p, a_sp, spatial.window)
         b_out = masked_window_sum(p, a_bil, bilateral.window)
         m = _channel_matmul(wg, s_out) + _channel_matmul(wb, b_out)
@@ -106,4 +130,4 @@ def normconv_meanfield(unary: torch.Tensor, q0: torch.Tensor, bilateral_features
     return q
 
 
-__all__ = ["MeanfieldKernel", "normconv_meanfield"]
+__all__ = ["ChannelSoftmax", "MeanfieldKernel", "normconv_meanfield"]

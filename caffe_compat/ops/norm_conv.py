@@ -349,7 +349,9 @@ class NormConvMask(torch.autograd.Function):
             Z = D
         else:
             Z = D * (-scale.reshape(()).to(D.dtype))
-        A = torch.softmax(Z, dim=1)
+        # Caffe's softmax: subtract the per-position max over taps, exp, divide by the sum
+        A = (Z - Z.amax(1, keepdim=True)).exp_()
+        A /= A.sum(1, keepdim=True)
         ctx.geom, ctx.norm = geom, norm
         ctx.has_scale = scale is not None
         ctx.save_for_backward(emb, A, D, scale if scale is not None else emb.new_zeros(()))
