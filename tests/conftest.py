@@ -27,3 +27,12 @@ def reference_path(*parts: str) -> Path:
 def reference_dir() -> Path:
     """The shared reference folder (skips the test when it is absent)."""
     return reference_path()
+
+
+# The suite runs under pytest-xdist with one worker per core: torch's intra-op threads
+# on top of that oversubscribe the cores, and small ops then spend milliseconds
+# spin-waiting for each other (measured: a 1x16x9x9 conv 10 ms with 2 threads on a
+# loaded 2-core machine, 0.016 ms with 1).  One thread per worker.
+import torch as _torch
+
+_torch.set_num_threads(1)

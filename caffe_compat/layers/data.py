@@ -297,7 +297,7 @@ class _ImageListLayer(Layer):
         self.mean_file = tp.mean_file if tp.HasField("mean_file") else None
         if self.mean_file is not None and self.mean_values:
             raise self.error("transform_param: cannot specify mean_file and mean_value at the same time")
-        self.train = str(ctx.phase).upper() == "TRAIN"
+        self.train_phase = str(ctx.phase).upper() == "TRAIN"
         self._np_dtype = _np_dtype(ctx.dtype)
         self._lines: Optional[list] = None
         self._cursor = 0
@@ -385,6 +385,38 @@ class _ImageListLayer(Layer):
 
     def _reset_shape(self) -> None:
         pass
+
+    # ---------------------------------------------------------------- batches
+    def _read_batch(self, *bottoms):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, *bottoms):
+        """The next batch: a batch given to :meth:`feed` if any, else read at the cursor."""
+        fed = getattr(self, "_fed", None)
+        if fed is not None and not in_shape_pass():
+            self._fed = None
+            n = len(self._ensure_list())
+            self._cursor = (self._cursor + self.batch_size) % n
+            return fed
+        return self._read_batch(*bottoms)
+
+    def read_batch_at(self, start: int):
+        """The batch whose first entry is list index ``start`` (wrapping), without moving the cursor.
+
+        Deterministic in TEST phase without ``shuffle``, so a ``DataLoader`` can
+        prepare batches in worker processes (``caffe-compat test``).
+        """
+        lines = self._ensure_list()
+        saved = self._cursor
+        self._cursor = start % len(lines)
+        try:
+            return tuple(t.detach() for t in self._read_batch())
+        finally:
+            self._cursor = saved
+
+    def feed(self, tops) -> None:
+        """Make the next forward return ``tops`` (a batch from :meth:`read_batch_at`) and advance the cursor."""
+        self._fed = tuple(tops)
 
     def _path(self, name: str) -> str:
         return _lists.join_root(self.root_folder, name)
@@ -524,7 +556,7 @@ class ImageSegDataLayer(_ImageListLayer):
         b = self.batch_size
         return [(b, self.channels, h, w), (b, 1, h, w), (b, 1, 1, 2)]
 
-    def forward(self, *bottoms):
+    def _read_batch(self, *bottoms):
         if bottoms:
             raise self.error(f"takes no bottoms, got {len(bottoms)}")
         shapes = self.top_shapes()
@@ -578,7 +610,7 @@ class ImageSegDataLayer(_ImageListLayer):
             seg = _img.pad_bottom_right(seg, pad_h, pad_w, _img.saturate_u8(self.ignore_label))
             h, w = pixels.shape[:2]
         if self.crop_h > 0 and self.crop_w > 0:
-            h_off, w_off = _img.crop_offsets(h, w, self.crop_h, self.crop_w, self.train, self._rand)
+            h_off, w_off = _img.crop_offsets(h, w, self.crop_h, self.crop_w, self.train_phase, self._rand)
         else:
             if h < blob_h or w < blob_w:
                 raise self.error(
@@ -651,7 +683,7 @@ class ImageDataLayer(_ImageListLayer):
                 "ImageData does not pad (the fork aborts with 'Check failed: img_height >= crop_size'); "
                 "use ImageSegData, which pads with the mean, or a smaller crop_size", ShapeError)
 
-    def forward(self, *bottoms):
+    def _read_batch(self, *bottoms):
         if bottoms:
             raise self.error(f"takes no bottoms, got {len(bottoms)}")
         if in_shape_pass():
@@ -682,7 +714,7 @@ class ImageDataLayer(_ImageListLayer):
                              "batch must have the same size)", ShapeError)
         do_mirror = self.mirror and self._rand(2) == 1
         if self.crop_size > 0:
-            h_off, w_off = _img.crop_offsets(h, w, bh, bw, self.train, self._rand)
+            h_off, w_off = _img.crop_offsets(h, w, bh, bw, self.train_phase, self._rand)
         else:
             h_off = w_off = 0
         mean_img = self._mean_window(self.channels, h, w, h_off, w_off, bh, bw)
@@ -751,7 +783,7 @@ class TwoImageDataLayer(_ImageListLayer):
         shapes = [(b, self.channels, dh, dw), (b, self.label_channels, lh, lw)]
         return shapes if self.with_label else shapes[:1]
 
-    def forward(self, *bottoms):
+    def _read_batch(self, *bottoms):
         if bottoms:
             raise self.error(f"takes no bottoms, got {len(bottoms)}")
         if in_shape_pass():
@@ -802,7 +834,7 @@ class TwoImageDataLayer(_ImageListLayer):
             lab = _img.pad_bottom_right(lab, pad_h, pad_w, 255)  # Scalar(255): channel 0 only
         ph, pw = pixels.shape[:2]
         if self.crop_size > 0:
-            h_off, w_off = _img.crop_offsets(ph, pw, bh, bw, self.train, self._rand)
+            h_off, w_off = _img.crop_offsets(ph, pw, bh, bw, self.train_phase, self._rand)
         else:
             if (ph, pw) != (bh, bw):
                 raise self.error(f"image '{self._path(name)}' is {pw}x{ph} but the batch is {bw}x{bh} "

@@ -1,0 +1,139 @@
+"""``caffe-compat test``: what ``caffe test`` does in the original ``test_res.sh``.
+
+The TEST net runs over its own data layer's list; its MatWrite layers write the
+features.  Differences from ``caffe test`` that a user sees:
+
+* resumable: an iteration whose MatWrite files all exist is skipped without
+  running the net (MatWrite itself never overwrites a file either);
+* the data layer's batches are prepared by a ``torch.utils.data.DataLoader``
+  with worker processes while the net runs;
+* under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) rank ``r`` runs iterations
+  ``i`` with ``i % WORLD_SIZE == r``: each iteration is independent in TEST
+  phase, so the files are identical to a single-process run;
+* ``--list``/``--root``/``--out`` override the data layer's ``source`` and
+  ``root_folder`` and the MatWrite prefix.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import List
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import CaffeCompatError, DataError, NetError
+from . import add_define_option, parse_defines
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "test", help="run a TEST net over its data layer's list, writing MatWrite features (caffe test)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prototxt", help="TEST net prototxt (e.g. res/test.prototxt; ${NAME} filled by --define)")
+    p.add_argument("weights", help="caffemodel or .caffemodel.h5 (layers missing from it keep their fillers)")
+    add_define_option(p)
+    p.add_argument("--iterations", type=int, help="number of forward passes (default: the list length / batch)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); under torchrun cuda uses LOCAL_RANK")
+    p.add_argument("--list", dest="list_file", help="override the data layer's list file (image_data_param.source)")
+    p.add_argument("--root", help="override the data layer's root_folder (prepended verbatim, as Caffe)")
+    p.add_argument("--out", help="override the MatWrite prefix (a folder; created if missing)")
+    p.add_argument("--ids", help="override the MatWrite id list (mat_write_param.source)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: load in-process)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_test)
+
+
+class _Batches(Dataset):
+    """Batch ``i`` of a data layer (read by a worker's copy of the layer)."""
+
+    def __init__(self, layer, iterations: List[int]):
+        self.layer = layer
+        self.iterations = iterations
+
+    def __len__(self) -> int:
+        return len(self.iterations)
+
+    def __getitem__(self, k: int):
+        i = self.iterations[k]
+        return i, self.layer.read_batch_at(i * self.layer.batch_size)
+
+
+def _rank_world():
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..net import Net
+
+    rank, world = _rank_world()
+    device = args.device
+    if device.startswith("cuda") and world > 1 and ":" not in device:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    net = Net(args.prototxt, phase="TEST", defines=parse_defines(args.define))
+    report = net.load_weights(args.weights, strict=False)
+    if report.mismatched:
+        raise NetError(f"{args.weights}: weights do not fit {args.prototxt}:\n{report.describe()}")
+    for name in report.missing:
+        log.warning("layer '%s' is not in %s: it keeps its filler values (as caffe test does)", name, args.weights)
+    net.to(device)
+    net.eval()
+    data_layers = [l for l in net.layers if hasattr(l, "read_batch_at")]
+    writers = [l for l in net.layers if hasattr(l, "set_prefix") and hasattr(l, "filename")]
+    if len(data_layers) != 1:
+        raise NetError(f"{args.prototxt}: `test` needs exactly one list-driven data layer "
+                       f"(ImageSegData / ImageData / TwoImageData), found {len(data_layers)}")
+    data = data_layers[0]
+    if args.list_file or args.root:
+        data.set_source(args.list_file, args.root)
+    if getattr(data, "shuffle", False):
+        raise NetError(f"{args.prototxt}: layer '{data.name}' has shuffle: true; `test` needs a fixed order")
+    for w in writers:
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            w.set_prefix(os.path.join(args.out, ""))
+        if args.ids:
+            w.set_source(args.ids)
+        folder = os.path.dirname(w.prefix) or "."
+        if not os.path.isdir(folder):
+            raise DataError(f"MatWrite '{w.name}': output folder {folder} does not exist (create it, or use --out)")
+    n_items = data.num_items
+    iterations = args.iterations if args.iterations is not None else -(-n_items // data.batch_size)
+    if iterations <= 0:
+        raise CaffeCompatError(f"--iterations must be positive, got {iterations}")
+    mine = [i for i in range(iterations) if i % world == rank]
+
+    def done(i: int) -> bool:
+        if not writers:
+            return False
+        files = [w.filename(i, b) for w in writers if i % w.period == 0
+                 for b in range(len(net.bottom_names[_index(net, w)]))]
+        return bool(files) and all(os.path.exists(f) for f in files)
+
+    todo = [i for i in mine if not done(i)]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        log.info("%d of %d iterations already have their features: skipped", skipped, len(mine))
+    loader = DataLoader(_Batches(data, todo), batch_size=None, shuffle=False, num_workers=max(args.workers, 0))
+    with torch.no_grad():
+        for i, tops in tqdm(loader, total=len(todo), disable=args.no_progress or not todo,
+                            desc=f"test rank {rank}/{world}" if world > 1 else "test", unit="it"):
+            data.feed(tops)
+            for w in writers:
+                w.iter = i
+            net.forward()
+    log.info("ran %d iterations (%d skipped) of %s", len(todo), skipped, args.prototxt)
+    return 0
+
+
+def _index(net, layer) -> int:
+    for i, l in enumerate(net.layers):
+        if l is layer:
+            return i
+    raise NetError("internal: layer not in net")
