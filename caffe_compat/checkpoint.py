@@ -54,9 +54,12 @@ specialised to the example size by ``Dim.AUTO`` (logged).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -537,6 +540,34 @@ class ExportWrapper(torch.nn.Module):
         return tuple(blobs[k] for k in net.outputs)
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Keep torch's tracing chatter off the terminal: a failed export prints the partial graph to
+    stderr and logs warnings, and the failure is reported as a NotSupportedError instead.  The
+    captured text goes to this module's debug log (shown with ``-vv``); on success it is passed on."""
+    names = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export", "torch._dynamo")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    buf = io.StringIO()
+    real_stderr = sys.stderr
+    ok = False
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+        ok = True
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+        text = buf.getvalue()
+        if text.strip():
+            if ok:
+                real_stderr.write(text)
+            else:
+                log.debug("torch.export output:\n%s", text)
+
+
 def _export_blockers(net: "Net") -> List[str]:
     out = []
     skip = getattr(net, "_input_layers", set())
@@ -599,7 +630,7 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
         example = tuple(torch.rand(example_shapes[k], generator=gen, dtype=net.dtype).to(device)
                         for k in net.inputs)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_torch_logs():
                 return torch.export.export(wrapper, example, dynamic_shapes=dyn)
         except CaffeCompatError:
             raise

@@ -30,7 +30,7 @@ layer { name: "score" type: "Convolution" bottom: "cat" top: "score"
 layer { name: "prob" type: "Softmax" bottom: "score" top: "prob" }
 """
 DEFINES = {"NOUT": 4}
-# the same without Pooling (whose fast path checks the data for NaN: see _export_or_xfail)
+# the same without Pooling (which fixes the spatial sizes under dynamic export)
 NO_POOL = STANDARD.replace('type: "Pooling"', 'type: "ReLU"').replace(
     "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 }", "")
 
@@ -349,22 +349,12 @@ def test_convert_errors_leave_no_output(tmp_path):
 
 
 # ----------------------------------------------------------------------------- torch.export
-def _export_or_xfail(net, path, **kw):
-    """export_program, turning a tracing failure of a layer whose owner was told into an xfail."""
-    try:
-        return C.export_program(net, path, **kw)
-    except NotSupportedError as e:
-        if "(Pooling)" in str(e) and "isnan" in repr(e.__cause__):
-            pytest.xfail("ops/pooling.py checks the input for NaN with bool() (data-dependent): not traceable")
-        raise
-
-
 @pytest.mark.parametrize("text", [NO_POOL, STANDARD], ids=["no_pool", "with_pool"])
 def test_export_standard_net_round_trip(tmp_path, text):
     net = Net.from_string(text, defines=DEFINES, seed=0)
     _randomize(net)
     path = tmp_path / "m.pt2"
-    _export_or_xfail(net, path)
+    C.export_program(net, path)
     assert _no_temp_files(tmp_path)
     prog = C.load_program(path).module()
     x = torch.randn(1, 3, 8, 8)
@@ -471,8 +461,6 @@ def test_load_program_errors(tmp_path):
         C.load_program(p)
 
 
-@pytest.mark.xfail(reason="caffe_compat/ops/interp.py _tables() lru_cache keeps the FakeTensors made while "
-                          "torch.export traces; the Interp owner must not cache under fake mode", strict=False)
 def test_export_leaves_the_net_usable(tmp_path):
     # Layers must not cache tensors made while tracing (they would be fake tensors): after an
     # export, the net and the program both compute the same real values.

@@ -72,9 +72,12 @@ def interp_axis_table(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np
     return i0, i1, lam1
 
 
-@functools.lru_cache(maxsize=128)
 def _tables(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device):
-    """The axis table as tensors on ``device`` (cached: the tensors are never modified)."""
+    """The axis table as tensors on ``device``.
+
+    Only the numpy table is cached: caching tensors would keep the fake tensors
+    that ``torch.export`` / ``torch.compile`` create while tracing.
+    """
     i0, i1, lam1 = interp_axis_table(n_in, n_out)
     t_i0 = torch.from_numpy(i0.copy()).to(device)
     t_i1 = torch.from_numpy(i1.copy()).to(device)

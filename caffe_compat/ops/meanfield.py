@@ -33,11 +33,11 @@ the fork keeps only the last pass).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..errors import ShapeError
 from .norm_conv import L2, Window, masked_window_sum, normconv_mask, output_size
 
 
@@ -107,7 +107,7 @@ def normconv_meanfield(unary: torch.Tensor, q0: torch.Tensor, bilateral_features
     dtype, dev = unary.dtype, unary.device
     for name, kern in (("bilateral", bilateral), ("spatial", spatial)):
         if output_size(kern.window, H, W) != (H, W):
-            raise ValueError(f"{name} kernel maps {H}x{W} to {output_size(kern.window, H, W)}, not {H}x{W}")
+            raise ShapeError(f"{name} kernel maps {H}x{W} to {output_size(kern.window, H, W)}, not {H}x{W}")
     wg = w_spatial.reshape(C, C).to(dtype)
     wb = w_bilateral.reshape(C, C).to(dtype)
     kc = compatibility.reshape(C, C).to(dtype)

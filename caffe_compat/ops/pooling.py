@@ -107,6 +107,8 @@ def _torch_max_pool(x, kernel, stride, pad, out_size):
         return None
     if (_torch_out(h, kernel[0], stride[0], pad[0]), _torch_out(w, kernel[1], stride[1], pad[1])) != tuple(out_size):
         return None
+    if torch.compiler.is_compiling():
+        return None  # the data-dependent checks below cannot be traced: use the exact window scan
     if bool(torch.isnan(x.detach()).any()):
         return None
     y, idx = F.max_pool2d(x, kernel, stride, pad, dilation=1, ceil_mode=True, return_indices=True)
