@@ -61,8 +61,12 @@ VOID = 255
 SEED = 2017
 
 #: (rows, cols) of the images; all <= CROP_SIZE (the evaluation cannot crop a 65 x 65 prediction
-#: to a larger image), several exactly the crop size, most smaller (padded bottom/right).
-SIZES: List[Tuple[int, int]] = [(65, 65), (48, 64), (65, 40), (37, 53), (56, 56), (29, 61), (60, 45), (65, 58)]
+#: to a larger image), several exactly the crop size, most smaller (padded bottom/right).  The CRF
+#: runs at half resolution (Interp shrink 2, then zoom 2), so an image's last row/column is sampled
+#: exactly when its index is even (odd size); with an even size (tiny_02's 64 columns, tiny_07's 60
+#: rows) it is interpolated half way into the padding and partly mislabelled, as on real VOC
+#: images in the 513 crop (see docs/example.md).  This keeps the score just below 100 %.
+SIZES: List[Tuple[int, int]] = [(65, 65), (49, 64), (65, 41), (37, 53), (57, 57), (29, 61), (60, 45), (65, 59)]
 
 #: designed scalar Scale values (see the module docstring)
 SCALES = {"scaled_emb": 20.0, "scaled_xy": 0.05, "scaled_xy2": 0.5, "avg_dist_sc": 20.0}

@@ -20,7 +20,9 @@ EPILOG = """\
 NET is a prototxt (with WEIGHTS: .caffemodel, .caffemodel.h5 or checkpoint) or
 a checkpoint .pt alone. Without weights the filler values are exported.
 Only nets fed by net inputs (deploy files: Input layers / input: fields)
-export; data layers, MatWrite and metric layers do not.
+export: data layers (except a constant/xy DummyData), MatWrite and
+SegAccuracy are refused, and a layer that cannot be traced (e.g. the label
+checks of SoftmaxWithLoss) is named in the error.
 The program's inputs, in order, and its outputs are printed.
 """
 
