@@ -335,7 +335,8 @@ class Net(nn.Module):
             value = value.to(self.dtype)
         if value.dtype != self.dtype:
             value = value.to(self.dtype)
-        if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+        if (value.device.type != "meta" and not torch.compiler.is_compiling()
+                and not bool(torch.isfinite(value).all())):
             raise DataError(f"{self.source}: input '{name}' contains NaN or Inf")
         return value
 
@@ -443,9 +444,26 @@ class Net(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def load_weights(self, path: PathLike, strict: bool = True):
-        """Copy weights from a ``.caffemodel`` or Caffe ``.h5`` by layer name (see :mod:`.weights`)."""
+        """Copy weights by layer name from a ``.caffemodel``, a Caffe ``.h5`` or a native checkpoint.
+
+        See :mod:`.weights` (Caffe formats) and :mod:`.checkpoint` (``.pt``).
+        """
+        from .checkpoint import is_checkpoint_file, load_checkpoint_into
         from .weights import load_into_net
+        if is_checkpoint_file(path):
+            return load_checkpoint_into(self, path, strict=strict)
         return load_into_net(self, path, strict=strict)
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, **kwargs) -> "Net":
+        """Rebuild a net (architecture and weights) from a native checkpoint, without the original files."""
+        from .checkpoint import load_checkpoint
+        return load_checkpoint(path, **kwargs)
+
+    def save_checkpoint(self, path: PathLike) -> None:
+        """Write a native PyTorch checkpoint (``torch.load(path, weights_only=True)`` reads it)."""
+        from .checkpoint import save_checkpoint
+        save_checkpoint(self, path)
 
     def save(self, path: PathLike) -> None:
         """Write the weights as a binary ``.caffemodel``, or Caffe HDF5 if ``path`` ends in ``.h5``."""
