@@ -60,13 +60,13 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .atomic import atomic_write as _atomic_write
 from .errors import CaffeCompatError, NotSupportedError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,30 +92,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     raise WeightsError(f"cannot store a net of dtype {dtype} (float32 or float64 only)")
 
 
-def atomic_write(path: Path, writer, keep_suffix: bool = False) -> None:
-    """Run ``writer(tmp_path)`` then rename onto ``path``; nothing is left behind on failure.
-
-    ``keep_suffix``: the temporary name ends with ``path``'s extension (for
-    writers that look at it, like ``torch.export.save``).
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise WeightsError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else ""),
-                               dir=str(folder))
-    os.close(fd)
-    try:
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def atomic_write(path: PathLike, writer, keep_suffix: bool = False) -> None:
+    """:func:`caffe_compat.atomic.atomic_write` raising :class:`WeightsError`."""
+    _atomic_write(path, writer, error=WeightsError, keep_suffix=keep_suffix)
 
 
 def _layer_keys(net: "Net") -> List[str]:

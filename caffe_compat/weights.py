@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Tuple, Union
@@ -39,6 +38,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from . import schema
+from .atomic import atomic_write
 from .errors import WeightsError
 from .prototxt import V1_TYPE_NAMES
 
@@ -295,31 +295,16 @@ def caffemodel_bytes(net: "Net") -> bytes:
     return b"".join(parts)
 
 
-def _atomic_write(path: Path, writer) -> None:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise WeightsError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_net(net: "Net", path: PathLike) -> None:
     """Write ``net``'s weights: Caffe HDF5 if ``path`` ends in ``.h5``/``.hdf5``, else a binary caffemodel."""
     path = Path(path)
     if any(p.is_meta for p in net.parameters()):
         raise WeightsError(f"{path}: a net built on the meta device has no weights to save")
     if path.suffix.lower() in (".h5", ".hdf5"):
-        _atomic_write(path, lambda tmp: _write_hdf5(net, tmp))
+        atomic_write(path, lambda tmp: _write_hdf5(net, tmp), error=WeightsError)
     else:
         data = caffemodel_bytes(net)
-        _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), error=WeightsError)
     log.info("wrote weights of net %r to %s", net.name, path)
 
 

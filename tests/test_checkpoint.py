@@ -283,7 +283,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WeightsError, match=r"m\.pt.*disk full"):
         C.save_checkpoint(a, tmp_path / "m.pt")
     assert os.listdir(tmp_path) == []
 

@@ -144,7 +144,11 @@ def test_save_palette_png_errors_leave_nothing(tmp_path, monkeypatch):
         save_palette_png(tmp_path / "x.png", np.zeros((2, 2, 3), np.uint8))
 
     def boom(self, fp, *a, **k):
-        fp.write(b"\x89PNG partial")
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG partial")
+        else:
+            fp.write(b"\x89PNG partial")
         raise OSError("disk full")
     monkeypatch.setattr(Image.Image, "save", boom)
     with pytest.raises(DataError, match="disk full"):

@@ -151,7 +151,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Path, "write_bytes", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WeightsError, match="disk full"):
         net.save(tmp_path / "x.caffemodel")
     monkeypatch.undo()
 
@@ -165,7 +165,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
         return real_create(self, *a, **k)
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fail_second)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WeightsError, match="disk full"):
         net.save(tmp_path / "x.caffemodel.h5")
     assert os.listdir(tmp_path) == []
 

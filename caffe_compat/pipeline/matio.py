@@ -33,13 +33,14 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import tempfile
 import time
 import zlib
+from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import DataError, NotSupportedError
 
 # Level-5 data types
@@ -140,58 +141,11 @@ def mat_bytes(variables: Mapping[str, np.ndarray], header_text: Optional[str] = 
     return b"".join(out)
 
 
-def _atomic_write(path: str, data: bytes, overwrite: bool) -> bool:
-    """Write ``data`` to ``path`` through a temporary file in the same folder.
-
-    Returns ``False`` (and writes nothing) when ``overwrite`` is false and the
-    file exists, also when another process created it meanwhile.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DataError(f"cannot write '{path}': the folder '{folder}' does not exist "
-                        f"(it is not created automatically)")
-    if not overwrite and os.path.lexists(path):
-        return False
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".mat.part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if overwrite:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # fails if the name exists: never overwrites
-        except FileExistsError:
-            return False
-        except OSError:
-            # File systems without hard links: fall back to a (checked) rename.
-            if os.path.lexists(path):
-                return False
-            os.replace(tmp, path)
-        return True
-    except OSError as e:
-        raise DataError(f"cannot write '{path}': {e}") from None
-    finally:
-        if os.path.lexists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:  # pragma: no cover
-                pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_mat(path: str, variables: Mapping[str, np.ndarray], overwrite: bool = True,
               header_text: Optional[str] = None) -> bool:
     """Write numeric arrays to a Level-5 MAT file (atomically). Returns whether it was written."""
-    return _atomic_write(os.fspath(path), mat_bytes(variables, header_text), overwrite)
+    data = mat_bytes(variables, header_text)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), error=DataError, overwrite=overwrite)
 
 
 def blob_to_mat_array(blob) -> np.ndarray:

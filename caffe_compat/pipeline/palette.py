@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 import zlib
 from typing import Union
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import DataError
 
 try:  # Pillow is a declared dependency; keep the import error readable anyway
@@ -71,13 +71,6 @@ def _require_pillow() -> None:
         raise DataError("writing/reading PNG files needs Pillow: pip install pillow")
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it; restore immediately.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_palette_png(path: PathLike, labels: np.ndarray) -> None:
     """Write ``labels`` (``H x W`` uint8, the pixel = palette index) as an 8-bit VOC-palette PNG.
 
@@ -93,34 +86,10 @@ def save_palette_png(path: PathLike, labels: np.ndarray) -> None:
                         f"got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         raise DataError(f"cannot write label PNG '{path}': labels must be uint8, got {arr.dtype}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DataError(f"cannot write label PNG '{path}': the folder '{folder}' does not exist")
     # frombytes in mode "P" keeps the values as indices (convert("P") would quantise colours).
     im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr).tobytes())
     im.putpalette(voc_palette(256).tobytes(), rawmode="RGB")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        # os.open with 0o666 honours the umask (tempfile would create 0600 files).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format="PNG", bits=8)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _silent_remove(tmp)
-        raise DataError(f"cannot write label PNG '{path}': {e}") from None
-    except BaseException:
-        _silent_remove(tmp)
-        raise
-
-
-def _silent_remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG", bits=8), error=DataError)
 
 
 def _png_header(path: str) -> tuple:
