@@ -60,7 +60,12 @@ class _Batches(Dataset):
 
     def __getitem__(self, k: int):
         i = self.iterations[k]
-        return i, self.layer.read_batch_at(i * self.layer.batch_size)
+        try:
+            return i, self.layer.read_batch_at(i * self.layer.batch_size)
+        except CaffeCompatError as e:
+            # Hand the error to the main process, which re-raises it as it is (a
+            # DataLoader would wrap it in a worker traceback).
+            return i, e
 
 
 def _rank_world():
@@ -124,6 +129,8 @@ def run_test(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for i, tops in tqdm(loader, total=len(todo), disable=args.no_progress or not todo,
                             desc=f"test rank {rank}/{world}" if world > 1 else "test", unit="it"):
+            if isinstance(tops, CaffeCompatError):
+                raise tops
             data.feed(tops)
             for w in writers:
                 w.iter = i
