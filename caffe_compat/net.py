@@ -23,8 +23,8 @@ tensors, so absurd sizes are refused before anything is allocated and
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -36,7 +36,7 @@ from torch import nn
 
 from . import prototxt as _pt
 from . import schema
-from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, ShapeError
+from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
 from .layers import BuildContext, get_layer_class, shape_only
 from .layers.base import check_shape
 
@@ -100,7 +100,8 @@ class Net(nn.Module):
         self.phase = phase
         self.defines = dict(defines or {})
         self.level = int(level)
-        self.stages = list(stages) + [s for s in net_param.state.stage if s not in stages]
+        stages = [stages] if isinstance(stages, str) else list(stages)
+        self.stages = stages + [s for s in net_param.state.stage if s not in stages]
         self.seed = seed
         self.dtype = dtype
         self.net_param = _pt.filter_net(net_param, phase, self.level, self.stages, self.source)
@@ -109,8 +110,7 @@ class Net(nn.Module):
         gen = torch.Generator()
         gen.manual_seed(seed if seed is not None else torch.initial_seed() & 0x7FFFFFFF)
         self._ctx = BuildContext(phase=phase, generator=gen, device=torch.device(device), dtype=dtype,
-                                 source=self.source,
-                                 root=str(Path(self.source).parent) if prototxt is not None else "")
+                                 source=self.source)
         self._build()
         if weights is not None:
             self.load_weights(weights)
@@ -165,19 +165,27 @@ class Net(nn.Module):
         self.param_specs: List[List[dict]] = []
         owners: Dict[str, Tuple[int, int]] = {}
         auto_count = 0
+        auto_names = set()
+        phase_name = {v: k for k, v in schema.enum_values("LayerParameter", "phase").items()}
         for lp in self.net_param.layer:
-            cls = get_layer_class(lp.type, lp.name)
             where = f"{src}: layer '{lp.name}' ({lp.type})"
+            try:
+                cls = get_layer_class(lp.type, lp.name)
+            except CaffeCompatError as e:
+                raise type(e)(f"{src}: {e}") from None
+            # Caffe gives a layer the net's phase unless the layer sets its own.
+            ctx = (dataclasses.replace(self._ctx, phase=phase_name[lp.phase]) if lp.HasField("phase")
+                   else self._ctx)
             for b in lp.bottom:
                 if b not in shapes:
                     raise NetError(f"{where}: bottom '{b}' is not produced by any earlier layer "
                                    f"(known blobs: {', '.join(shapes) or 'none'})")
             bottom_shapes = [shapes[b] for b in lp.bottom]
             try:
-                layer = cls(lp, bottom_shapes, self._ctx)
+                layer = cls(lp, bottom_shapes, ctx)
             except CaffeCompatError as e:
                 raise type(e)(f"{src}: {e}") from None
-            except (ValueError, TypeError, IndexError, RuntimeError) as e:
+            except (ValueError, TypeError, IndexError, RuntimeError, ArithmeticError) as e:
                 raise LayerConfigError(f"{where}: {type(e).__name__}: {e}") from e
             idx = len(self.layers)
             feeds = getattr(layer, "feeds_net_inputs", False)
@@ -196,16 +204,22 @@ class Net(nn.Module):
                                                   for s in bottom_shapes])
                 except CaffeCompatError as e:
                     raise type(e)(f"{src}: {e}") from None
-                except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as e:
                     raise ShapeError(f"{where}: cannot compute its output shapes from bottoms "
                                      f"{[list(s) for s in bottom_shapes]}: {e}") from e
                 outs = tuple(outs)
-                if len(outs) < len(tops):
+                if len(outs) < len(tops) or (len(outs) > len(tops) and layer.auto_tops is None):
                     raise NetError(f"{where}: lists {len(tops)} tops but produces {len(outs)}")
-                while len(tops) < len(outs):   # Caffe's AutoTopBlobs
+                while len(tops) < len(outs):   # Caffe's AutoTopBlobs (all named "(automatic)" there)
                     auto_count += 1
+                    auto_names.add("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
                     tops.append("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
                 top_shapes = [check_shape(o.shape, f"{where}: top '{t}'") for t, o in zip(tops, outs)]
+            for i, t in enumerate(tops):
+                in_place = i < len(lp.bottom) and lp.bottom[i] == t
+                if t in shapes and not in_place:
+                    raise NetError(f"{where}: top '{t}' is produced by multiple sources (only an in-place "
+                                   f"layer, top {i} == bottom {i}, may write an existing blob)")
             for b in lp.bottom:
                 if b in available:
                     available.remove(b)
@@ -213,7 +227,8 @@ class Net(nn.Module):
                 shapes[t] = s
                 if t in available:
                     available.remove(t)
-                available.append(t)
+                if t not in auto_names:  # Caffe keeps automatic tops out of the net outputs
+                    available.append(t)
             self._setup_params(layer, lp, idx, owners)
             self._setup_loss(layer, lp, tops)
             self.layers.append(layer)
@@ -221,8 +236,13 @@ class Net(nn.Module):
             self.layer_types.append(lp.type)
             self.bottom_names.append(list(lp.bottom))
             self.top_names.append(tops)
+        for specs in self.param_specs:  # sharers report their owner's final multipliers
+            for rec in specs:
+                if rec["owner"] is not None:
+                    o = self.param_specs[rec["owner"][0]][rec["owner"][1]]
+                    rec.update({k: o[k] for k in ("lr_mult", "decay_mult", "lr_mult_set", "decay_mult_set")})
         self.inputs: List[str] = list(self.input_shapes)
-        self.outputs: List[str] = list(available)
+        self.outputs: List[str] = sorted(available)  # Caffe: a std::set, i.e. sorted by name
         self.blob_shapes: "OrderedDict[str, Tuple[int, ...]]" = shapes
         self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._input_layers = {i for i, l in enumerate(self.layers) if getattr(l, "feeds_net_inputs", False)}
@@ -251,8 +271,12 @@ class Net(nn.Module):
                 p_owner = owner_layer.blobs[o_blob]
                 mine = layer.blobs[i]
                 permissive = spec.share_mode == schema.enum_value("ParamSpec", "share_mode", "PERMISSIVE")
-                if tuple(mine.shape) != tuple(p_owner.shape) and not (
-                        permissive and mine.numel() == p_owner.numel()):
+                if tuple(mine.shape) != tuple(p_owner.shape):
+                    if permissive and mine.numel() == p_owner.numel():
+                        raise NotSupportedError(
+                            f"{where}: shared param '{name}' has shape {list(mine.shape)} here but "
+                            f"{list(p_owner.shape)} in its owner layer '{self.layer_names[o_idx]}'; sharing "
+                            f"with a different shape (share_mode PERMISSIVE) is not supported")
                     raise ShapeError(f"{where}: shared param '{name}' has shape {list(mine.shape)} here but "
                                      f"{list(p_owner.shape)} in its owner layer '{self.layer_names[o_idx]}'")
                 owner_spec = self.param_specs[o_idx][o_blob]
@@ -266,10 +290,7 @@ class Net(nn.Module):
                         owner_spec[key], owner_spec[key + "_set"] = val, True
                         if key == "lr_mult":
                             p_owner.requires_grad_(val != 0 or self.force_backward)
-                if mine.shape != p_owner.shape:
-                    layer.blobs[i] = p_owner  # permissive: same storage, owner's shape
-                else:
-                    layer.blobs[i] = p_owner
+                layer.blobs[i] = p_owner
                 specs.append({"name": name, "owner": (o_idx, o_blob), **{k: owner_spec[k] for k in (
                     "lr_mult", "decay_mult", "lr_mult_set", "decay_mult_set")}})
                 continue
@@ -318,7 +339,7 @@ class Net(nn.Module):
             return t.device
         return torch.device("cpu")
 
-    def _prepare_input(self, name: str, value) -> torch.Tensor:
+    def _prepare_input(self, name: str, value, device: torch.device) -> torch.Tensor:
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, torch.Tensor):
@@ -331,21 +352,18 @@ class Net(nn.Module):
             raise ShapeError(f"{self.source}: input '{name}' has {value.shape[1]} channels, "
                              f"the net was built for {want[1]} (shape {list(want)})")
         check_shape(value.shape, f"{self.source}: input '{name}'")
-        if not value.is_floating_point():
-            value = value.to(self.dtype)
-        if value.dtype != self.dtype:
-            value = value.to(self.dtype)
         if (value.device.type != "meta" and not torch.compiler.is_compiling()
                 and not bool(torch.isfinite(value).all())):
             raise DataError(f"{self.source}: input '{name}' contains NaN or Inf")
-        return value
+        return value.to(device=device, dtype=self.dtype)
 
     def forward(self, **inputs) -> "OrderedDict[str, torch.Tensor]":
         """Run the net: ``net(data=x)`` -> ``{output blob: tensor}``.
 
-        Every net input must be given (tensor or numpy array). Other spatial sizes
-        than the prototxt's work wherever the layers allow. After the call,
-        :attr:`blobs` holds every blob and :attr:`loss` the weighted loss sum.
+        Every net input must be given (tensor or numpy array; moved to the net's
+        device and dtype). Other spatial sizes than the prototxt's work wherever
+        the layers allow. After the call, :attr:`blobs` holds every blob and
+        :attr:`loss` the weighted sum of the loss tops (``None`` without one).
         """
         unknown = [k for k in inputs if k not in self.input_shapes]
         if unknown:
@@ -353,14 +371,18 @@ class Net(nn.Module):
         missing = [k for k in self.inputs if k not in inputs]
         if missing:
             raise NetError(f"{self.source}: missing input(s) {missing}")
-        blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         device = self._device()
+        if device.type == "meta":
+            raise NetError(f"{self.source}: the net was built on the meta device (shapes only); "
+                           f"use infer_shapes(), or build it on a real device to run it")
+        blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         want_input_grad = self.force_backward and torch.is_grad_enabled()
+        self._input_leaves = OrderedDict()
         for k in self.inputs:
-            x = self._prepare_input(k, inputs[k])
+            x = self._prepare_input(k, inputs[k], device)
             if want_input_grad and not x.requires_grad:
                 x = x.detach().requires_grad_(True)
-            blobs[k] = x
+            blobs[k] = self._input_leaves[k] = x
         for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
             if i in self._input_layers:
                 continue
@@ -371,10 +393,11 @@ class Net(nn.Module):
                 raise NetError(f"{self.source}: layer '{self.layer_names[i]}' returned {len(tops)} tops, "
                                f"expected {len(tnames)}")
             for t, v in zip(tnames, tops):
-                if not bnames and v.device != device and v.device.type != "meta":
+                if not bnames and v.device != device:
                     v = v.to(device)
                 blobs[t] = v
         self.blobs = blobs
+        self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
         for t, w in self.loss_weights.items():
             term = w * blobs[t].sum()
@@ -382,39 +405,44 @@ class Net(nn.Module):
         return OrderedDict((k, blobs[k]) for k in self.outputs)
 
     def backward(self, **top_diffs) -> "OrderedDict[str, Optional[torch.Tensor]]":
-        """Back-propagate from the outputs of the last forward (pycaffe's ``net.backward``).
+        """Back-propagate the last forward (pycaffe's ``net.backward``).
 
-        ``top_diffs`` give the gradient of named output blobs; loss outputs not
-        named get their ``loss_weight`` (as Caffe), other outputs zero. Parameter
+        Every loss top contributes its ``loss_weight`` (as Caffe, also when a
+        later layer consumes it); ``top_diffs`` give the gradient of named
+        output blobs (for a loss output it replaces the loss weight). Parameter
         gradients accumulate in ``p.grad``; returns the input blobs' gradients
         (``None`` unless ``force_backward`` made the inputs require grad).
         """
         if not self.blobs:
             raise NetError(f"{self.source}: backward() needs a forward() first")
-        outs, grads = [], []
-        for name in self.outputs:
+        unknown = [k for k in top_diffs if k not in self.outputs]
+        if unknown:
+            raise NetError(f"{self.source}: diffs given for {unknown}, which are not net outputs "
+                           f"(outputs: {self.outputs})")
+        terms: "OrderedDict[str, Tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        for name, w in self.loss_weights.items():
+            v = self._loss_tops[name]
+            terms[name] = (v, torch.full_like(v, w))
+        for name, g in top_diffs.items():
             v = self.blobs[name]
-            if not v.requires_grad:
-                if name in top_diffs:
-                    log.debug("output %s does not depend on anything learnable; its diff is ignored", name)
-                continue
-            if name in top_diffs:
-                g = top_diffs[name]
-                g = torch.as_tensor(np.asarray(g) if not isinstance(g, torch.Tensor) else g,
-                                    dtype=v.dtype, device=v.device)
-                if g.shape != v.shape:
-                    g = g.reshape(v.shape) if g.numel() == v.numel() else None
-                    if g is None:
-                        raise ShapeError(f"{self.source}: diff for '{name}' has the wrong shape")
-            elif name in self.loss_weights:
-                g = torch.full_like(v, self.loss_weights[name])
-            else:
-                continue
-            outs.append(v)
-            grads.append(g)
+            try:
+                g = torch.as_tensor(g if isinstance(g, torch.Tensor) else np.asarray(g, dtype=np.float64))
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{self.source}: diff for '{name}' is not numeric: {e}") from None
+            if tuple(g.shape) != tuple(v.shape):
+                raise ShapeError(f"{self.source}: diff for '{name}' has shape {list(g.shape)}, "
+                                 f"the blob has {list(v.shape)}")
+            terms[name] = (v, g.to(dtype=v.dtype, device=v.device))
+        outs = [(v, g) for v, g in terms.values() if v.requires_grad]
         if outs:
-            torch.autograd.backward(outs, grads)
-        return OrderedDict((k, self.blobs[k].grad if self.blobs[k].requires_grad else None) for k in self.inputs)
+            try:
+                torch.autograd.backward([v for v, _ in outs], [g for _, g in outs])
+            except RuntimeError as e:
+                if "second time" in str(e):
+                    raise NetError(f"{self.source}: backward() was already called for this forward; "
+                                   f"run forward() again first") from None
+                raise
+        return OrderedDict((k, x.grad if x.requires_grad else None) for k, x in self._input_leaves.items())
 
     # ------------------------------------------------------------------ shapes
     def infer_shapes(self, **input_shapes) -> "OrderedDict[str, Tuple[int, ...]]":

@@ -109,34 +109,42 @@ def test_golden_cases_found():
 
 
 # ----------------------------------------------------------------------------- naive references
+def naive_taps(g: ConvGeometry, h_, w_):
+    """Every ``(k, y, xx, (hy, hx), (cy, cx))``: tap ``k = i*kw + j`` of output ``(y, xx)``, the pixel it
+    reads and the window centre, in loop order i, j, y, xx (pixels may lie outside the image)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.pad, g.dilation
+    ho, wo = g.output_size(h_, w_)
+    for i in range(kh):
+        for j in range(kw):
+            k = i * kw + j
+            for y in range(ho):
+                for xx in range(wo):
+                    hy, hx = y * sh - ph + i * dh, xx * sw - pw + j * dw
+                    cy, cx = y * sh - ph + (kh // 2) * dh, xx * sw - pw + (kw // 2) * dw
+                    yield k, y, xx, (hy, hx), (cy, cx)
+
+
 def naive_im2dist(x, g: ConvGeometry, l1, rc=False, rb=False):
     """Loop transcription of LAYERS.md §2.2 (float32 scalar arithmetic, channels in order)."""
     x = np.asarray(x, np.float32)
     n_, e_, h_, w_ = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.pad, g.dilation
     ho, wo = g.output_size(h_, w_)
-    top = np.zeros((n_, kh * kw, ho, wo), np.float32)
+    top = np.zeros((n_, g.taps, ho, wo), np.float32)
     big = np.float32(np.finfo(np.float32).max) / np.float32(100)
     for n in range(n_):
-        for i in range(kh):
-            for j in range(kw):
-                k = i * kw + j
-                for y in range(ho):
-                    for xx in range(wo):
-                        hy, hx = y * sh - ph + i * dh, xx * sw - pw + j * dw
-                        cy, cx = y * sh - ph + (kh // 2) * dh, xx * sw - pw + (kw // 2) * dw
-                        if not (0 <= cy < h_ and 0 <= cx < w_):
-                            continue
-                        if rc and (hy, hx) == (cy, cx):
-                            top[n, k, y, xx] = big
-                        elif 0 <= hy < h_ and 0 <= hx < w_:
-                            acc = np.float32(0)
-                            for e in range(e_):
-                                dd = np.float32(x[n, e, cy, cx] - x[n, e, hy, hx])
-                                acc = np.float32(acc + (abs(dd) if l1 else dd * dd * np.float32(0.5)))
-                            top[n, k, y, xx] = acc
-                        elif rb:
-                            top[n, k, y, xx] = big
+        for k, y, xx, (hy, hx), (cy, cx) in naive_taps(g, h_, w_):
+            if not (0 <= cy < h_ and 0 <= cx < w_):
+                continue
+            if rc and (hy, hx) == (cy, cx):
+                top[n, k, y, xx] = big
+            elif 0 <= hy < h_ and 0 <= hx < w_:
+                acc = np.float32(0)
+                for e in range(e_):
+                    dd = np.float32(x[n, e, cy, cx] - x[n, e, hy, hx])
+                    acc = np.float32(acc + (abs(dd) if l1 else dd * dd * np.float32(0.5)))
+                top[n, k, y, xx] = acc
+            elif rb:
+                top[n, k, y, xx] = big
     return top
 
 
@@ -145,53 +153,38 @@ def naive_im2dist_backward(x, gt, g: ConvGeometry, l1):
     x = np.asarray(x, np.float64)
     gt = np.asarray(gt, np.float64)
     n_, e_, h_, w_ = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.pad, g.dilation
-    ho, wo = g.output_size(h_, w_)
     dx = np.zeros_like(x)
     for n in range(n_):
         for e in range(e_):
-            for i in range(kh):
-                for j in range(kw):
-                    k = i * kw + j
-                    for y in range(ho):
-                        for xx in range(wo):
-                            hy, hx = y * sh - ph + i * dh, xx * sw - pw + j * dw
-                            cy, cx = y * sh - ph + (kh // 2) * dh, xx * sw - pw + (kw // 2) * dw
-                            if not (0 <= cy < h_ and 0 <= cx < w_) or (hy, hx) == (cy, cx):
-                                continue
-                            inside = 0 <= hy < h_ and 0 <= hx < w_
-                            d = x[n, e, cy, cx] - x[n, e, hy, hx] if inside else 0.0
-                            s = np.sign(d) if l1 else d
-                            dx[n, e, cy, cx] += s * gt[n, k, y, xx]
-                            if inside:
-                                dx[n, e, hy, hx] -= s * gt[n, k, y, xx]
+            for k, y, xx, (hy, hx), (cy, cx) in naive_taps(g, h_, w_):
+                if not (0 <= cy < h_ and 0 <= cx < w_) or (hy, hx) == (cy, cx):
+                    continue
+                inside = 0 <= hy < h_ and 0 <= hx < w_
+                d = x[n, e, cy, cx] - x[n, e, hy, hx] if inside else 0.0
+                s = np.sign(d) if l1 else d
+                dx[n, e, cy, cx] += s * gt[n, k, y, xx]
+                if inside:
+                    dx[n, e, hy, hx] -= s * gt[n, k, y, xx]
     return dx
 
 
 def naive_im2parity(lab, g: ConvGeometry, ignore):
     lab = np.asarray(lab)
     n_, c_, h_, w_ = lab.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.pad, g.dilation
     ho, wo = g.output_size(h_, w_)
-    top = np.full((n_, kh * kw, ho, wo), np.nan, np.float32)
+    top = np.full((n_, g.taps, ho, wo), np.nan, np.float32)
     for n in range(n_):
         for c in range(c_):
-            for i in range(kh):
-                for j in range(kw):
-                    k = i * kw + j
-                    for y in range(ho):
-                        for xx in range(wo):
-                            hy, hx = y * sh - ph + i * dh, xx * sw - pw + j * dw
-                            cy, cx = y * sh - ph + (kh // 2) * dh, xx * sw - pw + (kw // 2) * dw
-                            if not (0 <= cy < h_ and 0 <= cx < w_):
-                                top[n, k, y, xx] = ignore
-                                continue
-                            centre = int(lab[n, c, cy, cx])
-                            here = int(lab[n, c, hy, hx]) if (0 <= hy < h_ and 0 <= hx < w_) else 0
-                            if ignore is not None and ignore in (here, centre):
-                                top[n, k, y, xx] = ignore
-                            else:
-                                top[n, k, y, xx] = float(here == centre)
+            for k, y, xx, (hy, hx), (cy, cx) in naive_taps(g, h_, w_):
+                if not (0 <= cy < h_ and 0 <= cx < w_):
+                    top[n, k, y, xx] = ignore
+                    continue
+                centre = int(lab[n, c, cy, cx])
+                here = int(lab[n, c, hy, hx]) if (0 <= hy < h_ and 0 <= hx < w_) else 0
+                if ignore is not None and ignore in (here, centre):
+                    top[n, k, y, xx] = ignore
+                else:
+                    top[n, k, y, xx] = float(here == centre)
     return top
 
 

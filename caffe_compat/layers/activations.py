@@ -54,6 +54,7 @@ from ..errors import ShapeError
 from ..ops import scalars as S
 from ..ops.bnll import bnll_caffe
 from ..ops.power import power_caffe
+from ._common import as_dtype_of
 from .base import Layer, register_layer
 
 
@@ -62,10 +63,6 @@ class NeuronLayer(Layer):
 
     num_bottoms = (1, 1)
     num_tops = (1, 1)
-
-
-def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == x.dtype else t.to(x.dtype)
 
 
 @register_layer("ReLU")
@@ -107,7 +104,7 @@ class PReLULayer(NeuronLayer):
         if not self.channel_shared and x.shape[1] != self.channels:
             raise self.error(f"bottom has {x.shape[1]} channels, the slopes were built for {self.channels}",
                              ShapeError)
-        a = _like(self.blobs[0], x)
+        a = as_dtype_of(self.blobs[0], x)
         if self.channel_shared:
             a = a.reshape(())
         else:
@@ -175,24 +172,39 @@ class PowerLayer(NeuronLayer):
         return (power_caffe(x, self.power, self.scale, self.shift),)
 
 
-@register_layer("Exp")
-class ExpLayer(NeuronLayer):
-    """``y = outer * exp(inner * x)`` (see module docstring for the base -1 / shift quirk)."""
+class _BaseScaleShiftLayer(NeuronLayer):
+    """Exp and Log: ``base`` / ``scale`` / ``shift`` of ``exp_param`` / ``log_param`` (``base: -1`` = e)."""
+
+    _param_field = ""  # "exp_param" or "log_param"
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        ep = param.exp_param
-        self.base = float(ep.base)
-        self.scale = float(ep.scale)
-        self.shift = float(ep.shift)
+        p = getattr(param, self._param_field)
+        self.base = float(p.base)
+        self.scale = float(p.scale)
+        self.shift = float(p.shift)
         if self.base != -1 and not self.base > 0:
-            raise self.error(f"exp_param.base must be strictly positive (or -1 for e), got {self.base}")
+            raise self.error(f"{self._param_field}.base must be strictly positive (or -1 for e), got {self.base}")
+
+    def _log_base(self, dtype):
+        """``ln(base)`` in ``dtype``, taken as exactly 1 for the default ``base: -1``."""
+        return 1.0 if self.base == -1 else S.func(np.log, self.base, dtype=dtype)
+
+
+@register_layer("Exp")
+class ExpLayer(_BaseScaleShiftLayer):
+    """``y = outer * exp(inner * x)`` (see module docstring for the base -1 / shift quirk)."""
+
+    _param_field = "exp_param"
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
         log_base = self._consts(torch.float32)[0]
         if not S.isfinite(log_base):
             raise self.error(f"exp_param.base {self.base} gives a non-finite log(base) = {log_base}")
 
     def _consts(self, dtype):
-        log_base = 1.0 if self.base == -1 else S.func(np.log, self.base, dtype=dtype)
+        log_base = self._log_base(dtype)
         inner = S.mul(log_base, self.scale, dtype)
         # The fork uses pow(base, shift) even for base -1 (meaning e): pow(-1, shift).
         outer = 1.0 if self.shift == 0 else S.func(np.power, self.base, self.shift, dtype=dtype)
@@ -208,24 +220,20 @@ class ExpLayer(NeuronLayer):
 
 
 @register_layer("Log")
-class LogLayer(NeuronLayer):
+class LogLayer(_BaseScaleShiftLayer):
     """``y = log(shift + scale * x) / ln(base)`` (``base: -1`` = e)."""
+
+    _param_field = "log_param"
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        lp = param.log_param
-        self.base = float(lp.base)
-        self.scale = float(lp.scale)
-        self.shift = float(lp.shift)
-        if self.base != -1 and not self.base > 0:
-            raise self.error(f"log_param.base must be strictly positive (or -1 for e), got {self.base}")
         log_base, base_scale = self._consts(torch.float32)
         if not S.isfinite(log_base) or not S.isfinite(base_scale):
             raise self.error(f"log_param.base {self.base} gives log(base) = {log_base} and "
                              f"1/log(base) = {base_scale}; both must be finite (base != 1)")
 
     def _consts(self, dtype):
-        log_base = 1.0 if self.base == -1 else S.func(np.log, self.base, dtype=dtype)
+        log_base = self._log_base(dtype)
         return log_base, S.div(1.0, log_base, dtype)
 
     def forward(self, x):

@@ -38,13 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NotSupportedError, ShapeError
+from ._common import as_dtype_of, check_4d, positive_int
 from .base import Layer, register_layer
 from .geometry import ConvGeometry, parse_conv_geometry
-
-
-def _as_dtype(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` in ``like``'s dtype (differentiably), for float64 inputs with float32 blobs or vice versa."""
-    return t if t.dtype == like.dtype else t.to(like.dtype)
 
 
 class _ConvBase(Layer):
@@ -71,15 +67,10 @@ class _ConvBase(Layer):
             axis += ndim
         if axis != 1:
             raise self.error(f"convolution_param.axis must be 1 (the channel axis of an NCHW blob), got {cp.axis}")
-        if ndim != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(shape0)}", ShapeError)
+        check_4d(self, shape0)
         self.geom: ConvGeometry = parse_conv_geometry(cp, self.error)
-        self.num_output = int(cp.num_output)
-        if self.num_output <= 0:
-            raise self.error(f"convolution_param.num_output must be > 0, got {self.num_output}")
-        self.group = int(cp.group)
-        if self.group <= 0:
-            raise self.error(f"convolution_param.group must be > 0, got {self.group}")
+        self.num_output = positive_int(self, cp.num_output, "convolution_param.num_output")
+        self.group = positive_int(self, cp.group, "convolution_param.group")
         self.channels = shape0[1]
         if self.channels % self.group:
             raise self.error(f"input channels ({self.channels}) must be a multiple of "
@@ -116,8 +107,7 @@ class _ConvBase(Layer):
         s0 = tuple(bottoms[0].shape)
         for i, b in enumerate(bottoms):
             s = tuple(b.shape)
-            if len(s) != 4:
-                raise self.error(f"bottom {i} must be 4-D (N, C, H, W), got shape {list(s)}", ShapeError)
+            check_4d(self, s, f"bottom {i}")
             if s[1] != self.channels:
                 raise self.error(f"bottom {i} has {s[1]} channels, the layer was built for {self.channels}",
                                  ShapeError)
@@ -125,6 +115,23 @@ class _ConvBase(Layer):
                 raise self.error(f"all bottoms must have the same shape; bottom 0 is {list(s0)}, "
                                  f"bottom {i} is {list(s)}", ShapeError)
         return self.output_hw(s0[2], s0[3])
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:  # pragma: no cover - abstract
+        """The convolution of one bottom ``x`` with ``weight``/``bias`` already in ``x``'s dtype."""
+        raise NotImplementedError
+
+    def forward(self, *bottoms):
+        ho, wo = self._check_bottoms(bottoms)
+        weight = self.blobs[0]
+        bias = self.blobs[1] if self.bias_term else None
+        tops = []
+        for x in bottoms:
+            if x.is_meta:
+                tops.append(x.new_empty((x.shape[0], self.num_output, ho, wo)))
+                continue
+            b = as_dtype_of(bias, x) if bias is not None else None
+            tops.append(self._conv(x, as_dtype_of(weight, x), b))
+        return tuple(tops)
 
 
 @register_layer("Convolution")
@@ -146,26 +153,13 @@ class ConvolutionLayer(_ConvBase):
                              f"stride {list(self.geom.stride)}, dilation {list(self.geom.dilation)})", ShapeError)
         return ho, wo
 
-    def forward(self, *bottoms):
-        ho, wo = self._check_bottoms(bottoms)
-        weight = self.blobs[0]
-        bias = self.blobs[1] if self.bias_term else None
-        tops = []
-        for x in bottoms:
-            if x.is_meta:
-                tops.append(x.new_empty((x.shape[0], self.num_output, ho, wo)))
-                continue
-            wt = _as_dtype(weight, x)
-            b = _as_dtype(bias, x) if bias is not None else None
-            if self.bottom_is_im2col:
-                # A 1x1 convolution with the weight flattened over (c, i, j), which is Im2col's order.
-                wt = wt.reshape(self.num_output, -1, 1, 1)
-                y = F.conv2d(x, wt, b, stride=1, padding=0, dilation=1, groups=self.group)
-            else:
-                y = F.conv2d(x, wt, b, stride=self.geom.stride, padding=self.geom.pad,
-                             dilation=self.geom.dilation, groups=self.group)
-            tops.append(y)
-        return tuple(tops)
+    def _conv(self, x, wt, b):
+        if self.bottom_is_im2col:
+            # A 1x1 convolution with the weight flattened over (c, i, j), which is Im2col's order.
+            wt = wt.reshape(self.num_output, -1, 1, 1)
+            return F.conv2d(x, wt, b, stride=1, padding=0, dilation=1, groups=self.group)
+        return F.conv2d(x, wt, b, stride=self.geom.stride, padding=self.geom.pad,
+                        dilation=self.geom.dilation, groups=self.group)
 
 
 @register_layer("Deconvolution")
@@ -185,20 +179,9 @@ class DeconvolutionLayer(_ConvBase):
             raise self.error(f"output size {out[0]}x{out[1]} is not positive for input {h}x{w}", ShapeError)
         return out[0], out[1]
 
-    def forward(self, *bottoms):
-        ho, wo = self._check_bottoms(bottoms)
-        weight = self.blobs[0]
-        bias = self.blobs[1] if self.bias_term else None
-        tops = []
-        for x in bottoms:
-            if x.is_meta:
-                tops.append(x.new_empty((x.shape[0], self.num_output, ho, wo)))
-                continue
-            b = _as_dtype(bias, x) if bias is not None else None
-            y = F.conv_transpose2d(x, _as_dtype(weight, x), b, stride=self.geom.stride, padding=self.geom.pad,
-                                   output_padding=0, groups=self.group, dilation=self.geom.dilation)
-            tops.append(y)
-        return tuple(tops)
+    def _conv(self, x, wt, b):
+        return F.conv_transpose2d(x, wt, b, stride=self.geom.stride, padding=self.geom.pad,
+                                  output_padding=0, groups=self.group, dilation=self.geom.dilation)
 
 
 @register_layer("InnerProduct")
@@ -212,9 +195,7 @@ class InnerProductLayer(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         ip = param.inner_product_param
-        self.num_output = int(ip.num_output)
-        if self.num_output <= 0:
-            raise self.error(f"inner_product_param.num_output must be > 0, got {self.num_output}")
+        self.num_output = positive_int(self, ip.num_output, "inner_product_param.num_output")
         self.bias_term = bool(ip.bias_term)
         self.transpose = bool(ip.transpose)
         self.axis_param = int(ip.axis)
@@ -244,9 +225,9 @@ class InnerProductLayer(Layer):
         out_shape = lead + (self.num_output,)
         if x.is_meta:
             return (x.new_empty(out_shape),)
-        w = _as_dtype(self.blobs[0], x)
+        w = as_dtype_of(self.blobs[0], x)
         x2 = x.reshape(math.prod(lead), k)
         y = x2 @ w if self.transpose else x2 @ w.t()
         if self.bias_term:
-            y = y + _as_dtype(self.blobs[1], x)
+            y = y + as_dtype_of(self.blobs[1], x)
         return (y.reshape(out_shape),)

@@ -39,22 +39,16 @@ Deliberate differences (documented):
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from ..errors import NotSupportedError, ShapeError
 from ..ops.meanfield import MeanfieldKernel, normconv_meanfield
 from ..ops.norm_conv import L1, L2, Window, normconv_mask, masked_window_sum, output_size
+from ._common import check_4d, positive_int
 from .base import Layer, check_shape, register_layer
 from .geometry import parse_conv_geometry
 
 _NORM_NAMES = {L1: "L1", L2: "L2"}
-
-
-def _check_4d(layer: Layer, shape: Sequence[int], what: str) -> None:
-    if len(shape) != 4:
-        raise layer.error(f"{what} must be 4-D (N, C, H, W), got shape {list(shape)}", ShapeError)
 
 
 @register_layer("NormConv")
@@ -74,7 +68,7 @@ class NormConvLayer(Layer):
         super().__init__(param, bottom_shapes, ctx)
         cp, ncp = param.convolution_param, param.norm_conv_param
         for i, s in enumerate(self.bottom_shapes):
-            _check_4d(self, s, f"bottom {i}")
+            check_4d(self, s, f"bottom {i}")
         if int(cp.axis) not in (1, -3):
             raise self.error(f"convolution_param.axis must be 1 (the channel axis of N, C, H, W), got {cp.axis}",
                              NotSupportedError)
@@ -84,12 +78,8 @@ class NormConvLayer(Layer):
                              NotSupportedError)
         geom = parse_conv_geometry(cp, self.error)
         self.geom = Window(geom.kernel, geom.stride, geom.pad, geom.dilation)
-        self.num_output = int(cp.num_output)
-        if self.num_output <= 0:
-            raise self.error(f"convolution_param.num_output must be > 0, got {self.num_output}")
-        self.group = int(cp.group)
-        if self.group <= 0:
-            raise self.error(f"convolution_param.group must be > 0, got {self.group}")
+        self.num_output = positive_int(self, cp.num_output, "convolution_param.num_output")
+        self.group = positive_int(self, cp.group, "convolution_param.group")
         self.channels = self.bottom_shapes[0][1]
         if self.channels % self.group:
             raise self.error(f"input channels ({self.channels}) must be divisible by convolution_param.group "
@@ -115,8 +105,8 @@ class NormConvLayer(Layer):
 
     def _check_bottoms(self, shapes) -> None:
         img, emb = shapes
-        _check_4d(self, img, "bottom 0 (image)")
-        _check_4d(self, emb, "bottom 1 (embedding)")
+        check_4d(self, img, "bottom 0 (image)")
+        check_4d(self, emb, "bottom 1 (embedding)")
         if img[1] != self.channels:
             raise self.error(f"bottom 0 has {img[1]} channels, the layer was built for {self.channels}", ShapeError)
         if img[0] != emb[0] or tuple(img[2:]) != tuple(emb[2:]):
@@ -205,7 +195,7 @@ class NormConvMeanfieldLayer(Layer):
     def _check_bottoms(self, shapes) -> None:
         names = ("unary", "Q0", "bilateral features", "spatial features")
         for i, s in enumerate(shapes):
-            _check_4d(self, s, f"bottom {i} ({names[i]})")
+            check_4d(self, s, f"bottom {i} ({names[i]})")
         u = shapes[0]
         if u[1] != self.channels:
             raise self.error(f"bottom 0 (unary) has {u[1]} channels, the layer was built for {self.channels}",

@@ -302,12 +302,16 @@ class _ImageListLayer(Layer):
         self._lines: Optional[list] = None
         self._cursor = 0
         self._mean_image: Optional[np.ndarray] = None
+        #: the size(s) taken from the first listed image(s) when there is no crop (cleared by reset)
+        self._first_hw: Optional[tuple] = None
 
     # ---------------------------------------------------------------- configuration helpers
-    def _check_mean_count(self, channels: int) -> None:
+    def _setup_mean(self, channels: int) -> None:
+        """Check the ``mean_value`` count against ``channels`` and keep the per-channel means."""
         if self.mean_values and len(self.mean_values) not in (1, channels):
             raise self.error(f"transform_param: give 1 mean_value or one per channel ({channels}), "
                              f"got {len(self.mean_values)}")
+        self._mean = _img.mean_values_for(self.mean_values, channels)
 
     # ---------------------------------------------------------------- list and cursor
     def _read_list(self) -> list:  # pragma: no cover - abstract
@@ -381,14 +385,23 @@ class _ImageListLayer(Layer):
         """Forget the list and the cursor; the next forward starts from the top of the list."""
         self._lines = None
         self._cursor = 0
-        self._reset_shape()
-
-    def _reset_shape(self) -> None:
-        pass
+        self._first_hw = None
 
     # ---------------------------------------------------------------- batches
-    def _read_batch(self, *bottoms):  # pragma: no cover - abstract
+    def top_shapes(self) -> List[Tuple[int, ...]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _load_batch(self):  # pragma: no cover - abstract
+        """Read the batch at the cursor (advancing it) as top tensors."""
+        raise NotImplementedError
+
+    def _read_batch(self, *bottoms):
+        """The batch at the cursor; empty meta tops of :meth:`top_shapes` during the net's shape pass."""
+        if bottoms:
+            raise self.error(f"takes no bottoms, got {len(bottoms)}")
+        if in_shape_pass():
+            return tuple(_meta(s, self.ctx.dtype) for s in self.top_shapes())
+        return self._load_batch()
 
     def forward(self, *bottoms):
         """The next batch: a batch given to :meth:`feed` if any, else read at the cursor."""
@@ -531,24 +544,19 @@ class ImageSegDataLayer(_ImageListLayer):
         self.scale_factors = [float(np.float32(s)) for s in tp.scale_factors]
         if any(not np.isfinite(s) or s <= 0 for s in self.scale_factors):
             raise self.error(f"transform_param.scale_factors must be positive, got {self.scale_factors}")
-        self._check_mean_count(self.channels)
-        self._mean = _img.mean_values_for(self.mean_values, self.channels)
-        self._fixed_hw: Optional[Tuple[int, int]] = None
+        self._setup_mean(self.channels)
         self.top_shapes()  # fail early if the shape cannot be known
 
     def _read_list(self):
         return _lists.read_seg_list(self.source, needs_second=self.label_type != self._LABEL_NONE,
                                     pixel_labels=self.label_type == self._LABEL_PIXEL)
 
-    def _reset_shape(self) -> None:
-        self._fixed_hw = None
-
     def _blob_hw(self) -> Tuple[int, int]:
         if self.crop_h > 0 and self.crop_w > 0:
             return self.crop_h, self.crop_w
-        if self._fixed_hw is None:
-            self._fixed_hw = self._first_image_hw()
-        return self._fixed_hw
+        if self._first_hw is None:
+            self._first_hw = self._first_image_hw()
+        return self._first_hw
 
     def top_shapes(self) -> List[Tuple[int, ...]]:
         """Shapes of ``data``, ``label``, ``data_dim``."""
@@ -556,12 +564,8 @@ class ImageSegDataLayer(_ImageListLayer):
         b = self.batch_size
         return [(b, self.channels, h, w), (b, 1, h, w), (b, 1, 1, 2)]
 
-    def _read_batch(self, *bottoms):
-        if bottoms:
-            raise self.error(f"takes no bottoms, got {len(bottoms)}")
+    def _load_batch(self):
         shapes = self.top_shapes()
-        if in_shape_pass():
-            return tuple(_meta(s, self.ctx.dtype) for s in shapes)
         lines = self._ensure_list()
         dt = self._np_dtype
         data = np.empty(shapes[0], dtype=dt)
@@ -654,16 +658,11 @@ class ImageDataLayer(_ImageListLayer):
         self.is_color = bool(idp.is_color)
         self.channels = 3 if self.is_color else 1
         self.crop_size = int(tp.crop_size)
-        self._check_mean_count(self.channels)
-        self._mean = _img.mean_values_for(self.mean_values, self.channels)
-        self._first_hw: Optional[Tuple[int, int]] = None
+        self._setup_mean(self.channels)
         self.top_shapes()
 
     def _read_list(self):
         return _lists.read_image_label_list(self.source)
-
-    def _reset_shape(self) -> None:
-        self._first_hw = None
 
     def top_shapes(self) -> List[Tuple[int, ...]]:
         """Shapes of ``data`` and ``label`` (without a crop: from the next image's header)."""
@@ -683,11 +682,7 @@ class ImageDataLayer(_ImageListLayer):
                 "ImageData does not pad (the fork aborts with 'Check failed: img_height >= crop_size'); "
                 "use ImageSegData, which pads with the mean, or a smaller crop_size", ShapeError)
 
-    def _read_batch(self, *bottoms):
-        if bottoms:
-            raise self.error(f"takes no bottoms, got {len(bottoms)}")
-        if in_shape_pass():
-            return tuple(_meta(s, self.ctx.dtype) for s in self.top_shapes())
+    def _load_batch(self):
         lines = self._ensure_list()
         dt = self._np_dtype
         first = self._read(lines[self._cursor][0], self.is_color, "image")
@@ -760,17 +755,12 @@ class TwoImageDataLayer(_ImageListLayer):
         self.crop_size = int(tp.crop_size)
         if tp.HasField("crop_height") or tp.HasField("crop_width"):
             raise self.error("TwoImageData supports crop_size only (not crop_height/crop_width)")
-        self._check_mean_count(self.channels)
-        self._mean = _img.mean_values_for(self.mean_values, self.channels)
-        self._first_hw: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
+        self._setup_mean(self.channels)
         self.with_label = len(param.top) >= 2
         self.top_shapes()
 
     def _read_list(self):
         return _lists.read_pair_list(self.source)
-
-    def _reset_shape(self) -> None:
-        self._first_hw = None
 
     def top_shapes(self) -> List[Tuple[int, ...]]:
         b = self.batch_size
@@ -783,11 +773,7 @@ class TwoImageDataLayer(_ImageListLayer):
         shapes = [(b, self.channels, dh, dw), (b, self.label_channels, lh, lw)]
         return shapes if self.with_label else shapes[:1]
 
-    def _read_batch(self, *bottoms):
-        if bottoms:
-            raise self.error(f"takes no bottoms, got {len(bottoms)}")
-        if in_shape_pass():
-            return tuple(_meta(s, self.ctx.dtype) for s in self.top_shapes())
+    def _load_batch(self):
         lines = self._ensure_list()
         dt = self._np_dtype
         b = self.batch_size

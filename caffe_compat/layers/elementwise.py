@@ -107,8 +107,29 @@ def _broadcast_to(layer: Layer, x: torch.Tensor, p: torch.Tensor, axis: int, wha
     return p.reshape(tuple(p.shape) + (1,) * (nd - axis - p.dim()))
 
 
+class _AxisBlobLayer(Layer):
+    """Bias and Scale: a blob (learned, or bottom 1) applied to bottom 0 from ``<type>_param.axis`` on."""
+
+    num_bottoms = (1, 2)
+    num_tops = (1, 1)
+    _param_field = ""  # "bias_param" or "scale_param"
+
+    def __init__(self, param, bottom_shapes, ctx):
+        super().__init__(param, bottom_shapes, ctx)
+        self.axis_param = int(getattr(param, self._param_field).axis)
+
+    def _learned_shape(self, shape0, num_axes: int) -> Tuple[int, ...]:
+        """Shape of the learned blob: ``shape0[axis : axis + num_axes]``, ``axis`` from the layer's param."""
+        axis = canonical_axis(self, self.axis_param, len(shape0), f"{self._param_field}.axis")
+        return _param_shape(self, shape0, axis, num_axes, self._param_field)
+
+    def _axis_for(self, pdim: int, xdim: int) -> int:
+        # Caffe: a 0-axis blob is applied at axis 0 (equivalent for a scalar)
+        return 0 if pdim == 0 else canonical_axis(self, self.axis_param, xdim, f"{self._param_field}.axis")
+
+
 @register_layer("Bias")
-class BiasLayer(Layer):
+class BiasLayer(_AxisBlobLayer):
     """``Bias``: ``y = x + b`` with ``b`` learned (1 bottom) or given by bottom 1.
 
     ``bias_param``: ``axis`` (default 1), ``num_axes`` (default 1; -1 = to the
@@ -116,24 +137,17 @@ class BiasLayer(Layer):
     ``x.shape[axis : axis + num_axes]`` and broadcasts over the other axes.
     """
 
-    num_bottoms = (1, 2)
-    num_tops = (1, 1)
+    _param_field = "bias_param"
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         p = param.bias_param
         shape0 = self.bottom_shapes[0]
-        self.axis_param = int(p.axis)
         if len(bottom_shapes) == 1:
-            axis = canonical_axis(self, self.axis_param, len(shape0), "bias_param.axis")
-            bshape = _param_shape(self, shape0, axis, int(p.num_axes), "bias_param")
+            bshape = self._learned_shape(shape0, int(p.num_axes))
             self.add_blob(bshape, p.filler if p.HasField("filler") else None)
         else:
             self._axis_for(len(self.bottom_shapes[1]), len(shape0))
-
-    def _axis_for(self, pdim: int, xdim: int) -> int:
-        # Caffe: a 0-axis bias is applied at axis 0 (equivalent for a scalar)
-        return 0 if pdim == 0 else canonical_axis(self, self.axis_param, xdim, "bias_param.axis")
 
     def forward(self, x, *rest):
         b = rest[0] if rest else self.blobs[0]
@@ -142,7 +156,7 @@ class BiasLayer(Layer):
 
 
 @register_layer("Scale")
-class ScaleLayer(Layer):
+class ScaleLayer(_AxisBlobLayer):
     """``Scale``: ``y = x * s (+ b)`` with ``s`` learned (1 bottom) or given by bottom 1.
 
     ``scale_param``: ``axis`` (default 1), ``num_axes`` (default 1; -1 = to the
@@ -152,18 +166,15 @@ class ScaleLayer(Layer):
     ``[bias]`` with two.
     """
 
-    num_bottoms = (1, 2)
-    num_tops = (1, 1)
+    _param_field = "scale_param"
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         p = param.scale_param
         shape0 = self.bottom_shapes[0]
-        self.axis_param = int(p.axis)
         self.two_bottoms = len(bottom_shapes) == 2
         if not self.two_bottoms:
-            axis = canonical_axis(self, self.axis_param, len(shape0), "scale_param.axis")
-            sshape = _param_shape(self, shape0, axis, int(p.num_axes), "scale_param")
+            sshape = self._learned_shape(shape0, int(p.num_axes))
             if p.HasField("filler"):
                 self.add_blob(sshape, p.filler)
             else:
@@ -177,9 +188,6 @@ class ScaleLayer(Layer):
             bshape = _param_shape(self, shape0, axis, bias_num_axes, "scale_param (bias)")
             # Caffe copies bias_filler into the internal Bias layer; an absent one reads as constant 0.
             self.add_blob(bshape, p.bias_filler if p.HasField("bias_filler") else None)
-
-    def _axis_for(self, pdim: int, xdim: int) -> int:
-        return 0 if pdim == 0 else canonical_axis(self, self.axis_param, xdim, "scale_param.axis")
 
     def forward(self, x, *rest):
         if self.two_bottoms:

@@ -30,6 +30,7 @@ from typing import Tuple
 
 from ..errors import ShapeError
 from ..ops.interp import interp2
+from ._common import check_4d
 from .base import Layer, register_layer
 
 
@@ -72,10 +73,9 @@ class InterpLayer(Layer):
             raise self.error(f"interp_param.shrink_factor must be >= 1, got {self.shrink}")
         if self.rule in ("zoom", "shrink_zoom") and self.zoom < 1:
             raise self.error(f"interp_param.zoom_factor must be >= 1, got {self.zoom}")
-        if self.bottom_shapes and len(self.bottom_shapes[0]) == 4:
+        if self.bottom_shapes:
+            check_4d(self, self.bottom_shapes[0])
             self.output_size(self.bottom_shapes[0][2], self.bottom_shapes[0][3])
-        elif self.bottom_shapes:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(self.bottom_shapes[0])}", ShapeError)
 
     def output_size(self, h: int, w: int) -> Tuple[int, int, int, int]:
         """``(Hi_eff, Wi_eff, Ho, Wo)`` for an input of ``h x w`` pixels (ShapeError if not positive)."""
@@ -99,8 +99,7 @@ class InterpLayer(Layer):
         return he, we, ho, wo
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(x.shape)}", ShapeError)
+        check_4d(self, x.shape)
         h, w = int(x.shape[2]), int(x.shape[3])
         he, we, ho, wo = self.output_size(h, w)
         b = -self.pad_beg

@@ -44,22 +44,18 @@ Fork / Caffe behaviours reproduced:
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 
 from ..errors import DataError, ShapeError
 from ..ops.losses import SigmoidCrossEntropyFunction, SoftmaxLossFunction
+from ._common import count as _count, optional_int
 from .base import Layer, register_layer
 from .shape_ops import canonical_axis
 
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3
 _NORM_NAMES = {FULL: "FULL", VALID: "VALID", BATCH_SIZE: "BATCH_SIZE", NONE: "NONE"}
-
-
-def _count(shape, start=0, end=None) -> int:
-    return math.prod(int(d) for d in tuple(shape)[start:end])
 
 
 def _parse_normalization(layer: Layer, lp, default: int) -> int:
@@ -84,12 +80,17 @@ def _normalizer(mode: int, full: int, batch: int, valid_count: torch.Tensor, dty
     return n.clamp_min(1.0)
 
 
+def _truncated(label: torch.Tensor) -> torch.Tensor:
+    """Labels truncated toward zero as C's ``static_cast<int>`` does (float; float64 for integer labels)."""
+    return torch.trunc(label) if label.is_floating_point() else label.to(torch.float64)
+
+
 def _label_mask(layer: Layer, label: torch.Tensor, num_classes: int, ignore: Optional[int]):
     """Truncate labels to int; return ``(index, valid)`` and raise DataError for bad labels.
 
     ``index`` is int64 with 0 at ignored positions; ``valid`` is a bool mask.
     """
-    t = torch.trunc(label) if label.is_floating_point() else label.to(torch.float64)
+    t = _truncated(label)
     ign = (t == ignore) if ignore is not None else torch.zeros_like(t, dtype=torch.bool)
     ok = (t >= 0) & (t < num_classes)
     bad = ~(ign | ok)
@@ -142,8 +143,33 @@ def _check_loss_bottoms(layer: Layer, s0, s1) -> None:
                           ShapeError)
 
 
+def _outer_c_inner(layer: Layer, s0, s1, axis: int) -> Tuple[int, int, int]:
+    """``(outer, C, inner)`` of scores ``s0`` around the class ``axis``; ``s1`` must hold ``outer * inner`` labels."""
+    outer, c, inner = _count(s0, 0, axis), int(s0[axis]), _count(s0, axis + 1)
+    if outer * inner != _count(s1):
+        raise layer.error(f"number of labels ({_count(s1)}, shape {list(s1)}) must match the number of "
+                          f"predictions outer*inner = {outer * inner} (scores {list(s0)}, axis {axis})",
+                          ShapeError)
+    return outer, c, inner
+
+
 def _loss_top_count(layer: Layer) -> int:
     return max(len(layer.param.top), layer.auto_tops or 0)
+
+
+class _LossLayer(Layer):
+    """Two bottoms; one 0-axis loss top, produced even when the prototxt lists no top."""
+
+    num_bottoms = (2, 2)
+    num_tops = (1, 1)
+    auto_tops = 1
+    is_loss = True
+
+    def _parse_loss_param(self, default_normalization: int) -> None:
+        """``loss_param``: the optional ``ignore_label`` and the normalization mode."""
+        lp = self.param.loss_param
+        self.ignore_label: Optional[int] = optional_int(lp)
+        self.normalization = _parse_normalization(self, lp, default_normalization)
 
 
 @register_layer("Softmax")
@@ -164,34 +190,25 @@ class SoftmaxLayer(Layer):
 
 
 @register_layer("SoftmaxWithLoss")
-class SoftmaxWithLossLayer(Layer):
+class SoftmaxWithLossLayer(_LossLayer):
     """``SoftmaxWithLoss``: softmax + multinomial logistic loss; tops ``loss`` (0-axis) and optional ``prob``.
 
     Bottoms: scores (class axis ``softmax_param.axis``, default 1) and labels
     with ``outer * inner`` elements.
     """
 
-    num_bottoms = (2, 2)
     num_tops = (1, 2)
-    auto_tops = 1
-    is_loss = True
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        lp = param.loss_param
-        self.ignore_label: Optional[int] = int(lp.ignore_label) if lp.HasField("ignore_label") else None
-        self.normalization = _parse_normalization(self, lp, VALID)
+        self._parse_loss_param(VALID)
         self._axis = int(param.softmax_param.axis)
         self._geometry(self.bottom_shapes[0], self.bottom_shapes[1])
 
     def _geometry(self, s0, s1) -> Tuple[int, int, int, int]:
         axis = canonical_axis(self, self._axis, len(s0), "softmax_param.axis")
         _check_loss_bottoms(self, s0, s1)
-        outer, c, inner = _count(s0, 0, axis), int(s0[axis]), _count(s0, axis + 1)
-        if outer * inner != _count(s1):
-            raise self.error(f"number of labels ({_count(s1)}, shape {list(s1)}) must match the number of "
-                             f"predictions outer*inner = {outer * inner} (scores {list(s0)}, axis {axis})",
-                             ShapeError)
+        outer, c, inner = _outer_c_inner(self, s0, s1, axis)
         return axis, outer, c, inner
 
     def forward(self, scores, label):
@@ -210,13 +227,8 @@ class SoftmaxWithLossLayer(Layer):
 
 
 @register_layer("EuclideanLoss")
-class EuclideanLossLayer(Layer):
+class EuclideanLossLayer(_LossLayer):
     """``EuclideanLoss``: ``sum((a - b)^2) / N / 2`` (N = first axis); both bottoms get gradients."""
-
-    num_bottoms = (2, 2)
-    num_tops = (1, 1)
-    auto_tops = 1
-    is_loss = True
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
@@ -236,23 +248,16 @@ class EuclideanLossLayer(Layer):
 
 
 @register_layer("SigmoidCrossEntropyLoss")
-class SigmoidCrossEntropyLossLayer(Layer):
+class SigmoidCrossEntropyLossLayer(_LossLayer):
     """``SigmoidCrossEntropyLoss``: cross-entropy of ``sigmoid(x)`` against targets in [0, 1].
 
     ``loss_param``: ``ignore_label`` (targets whose int value equals it are
     skipped), ``normalization`` (default BATCH_SIZE, see the module docstring).
     """
 
-    num_bottoms = (2, 2)
-    num_tops = (1, 1)
-    auto_tops = 1
-    is_loss = True
-
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
-        lp = param.loss_param
-        self.ignore_label: Optional[int] = int(lp.ignore_label) if lp.HasField("ignore_label") else None
-        self.normalization = _parse_normalization(self, lp, BATCH_SIZE)
+        self._parse_loss_param(BATCH_SIZE)
         self._check(self.bottom_shapes[0], self.bottom_shapes[1])
 
     def _check(self, s0, s1) -> None:
@@ -289,17 +294,13 @@ class AccuracyLayer(Layer):
         self.top_k = int(ap.top_k)
         if self.top_k < 1:
             raise self.error(f"accuracy_param.top_k must be >= 1, got {self.top_k}")
-        self.ignore_label: Optional[int] = int(ap.ignore_label) if ap.HasField("ignore_label") else None
+        self.ignore_label: Optional[int] = optional_int(ap)
         self._axis = int(ap.axis)
         self._geometry(self.bottom_shapes[0], self.bottom_shapes[1])
 
     def _geometry(self, s0, s1):
         axis = canonical_axis(self, self._axis, len(s0), "accuracy_param.axis")
-        outer, c, inner = _count(s0, 0, axis), int(s0[axis]), _count(s0, axis + 1)
-        if outer * inner != _count(s1):
-            raise self.error(f"number of labels ({_count(s1)}, shape {list(s1)}) must match the number of "
-                             f"predictions outer*inner = {outer * inner} (scores {list(s0)}, axis {axis})",
-                             ShapeError)
+        outer, c, inner = _outer_c_inner(self, s0, s1, axis)
         if self.top_k > c:
             raise self.error(f"accuracy_param.top_k ({self.top_k}) must be <= the number of classes ({c})")
         return axis, outer, c, inner
@@ -439,7 +440,7 @@ class SegAccuracyLayer(Layer):
         if self.reset:
             self.confusion.zero_()
         pred = _argmax_last_tie(scores.detach(), 1)  # (N, 1, H, W)
-        t = torch.trunc(label.detach()) if label.is_floating_point() else label.detach().to(torch.float64)
+        t = _truncated(label.detach())
         ign = torch.zeros_like(t, dtype=torch.bool)
         for v in self.ignore_labels:
             ign |= t == v

@@ -73,6 +73,7 @@ from ..ops import scalars as S
 from ..ops.mvn import mvn_caffe
 from ..ops.pooling import ave_pool2d_caffe, pooled_size
 from ..ops.power import power_caffe
+from ._common import check_4d
 from .base import Layer, in_shape_pass, register_layer
 
 
@@ -179,13 +180,10 @@ class LRNLayer(Layer):
         self.region = int(lp.norm_region)
         if self.region not in (_ACROSS, _WITHIN):
             raise self.error(f"lrn_param.norm_region has unknown value {self.region}")
-        shape0 = self.bottom_shapes[0]
-        if len(shape0) != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(shape0)}", ShapeError)
+        check_4d(self, self.bottom_shapes[0])
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(x.shape)}", ShapeError)
+        check_4d(self, x.shape)
         if x.is_meta:
             return (x.new_empty(x.shape),)
         if self.region == _ACROSS:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from ..errors import NotSupportedError, ShapeError
 from ..ops.pooling import ave_pool2d_caffe, max_pool2d_caffe, pooled_size
+from ._common import check_4d
 from .base import Layer, register_layer
 
 _MAX, _AVE, _STOCHASTIC = 0, 1, 2
@@ -79,8 +80,7 @@ class PoolingLayer(Layer):
             raise self.error(f"pooling_param: pad {list(self.pad)} must be smaller than the kernel "
                              f"{list(self.kernel)}")
         shape0 = self.bottom_shapes[0]
-        if len(shape0) != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(shape0)}", ShapeError)
+        check_4d(self, shape0)
         self.geometry(shape0[2], shape0[3])
 
     def _pair(self, pp, both: str, fh: str, fw: str, default: int):
@@ -107,8 +107,7 @@ class PoolingLayer(Layer):
         return kernel, (ho, wo)
 
     def forward(self, x):
-        if x.dim() != 4:
-            raise self.error(f"bottom must be 4-D (N, C, H, W), got shape {list(x.shape)}", ShapeError)
+        check_4d(self, x.shape)
         kernel, out = self.geometry(int(x.shape[2]), int(x.shape[3]))
         if self.method == _MAX:
             y, idx = max_pool2d_caffe(x, kernel, self.stride, self.pad, out)

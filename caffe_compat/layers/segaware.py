@@ -39,6 +39,7 @@ from ..ops.dist_loss import dist_loss
 from ..ops.im2col import im2col
 from ..ops.im2dist import im2dist
 from ..ops.im2parity import im2parity
+from ._common import check_4d, optional_int, positive_int
 from .base import Layer, register_layer
 from .geometry import parse_conv_geometry
 
@@ -68,10 +69,6 @@ class _WindowLayer(Layer):
             raise self.error(f"only 4-D (N, C, H, W) bottoms with channel axis 1 are supported, got "
                              f"bottom {list(shape)} with axis {axis}", ShapeError)
         return geometry
-
-    def _check_4d(self, x: torch.Tensor, what: str = "bottom") -> None:
-        if x.dim() != 4:
-            raise self.error(f"{what} must be 4-D (N, C, H, W), got shape {list(x.shape)}", ShapeError)
 
     def _named(self, fn, *args, **kwargs):
         """Call an op, re-raising its errors with this layer's name."""
@@ -103,7 +100,7 @@ class Im2col(_WindowLayer):
         self.geometry = self._parse_window()
 
     def forward(self, x):
-        self._check_4d(x)
+        check_4d(self, x.shape)
         return (self._named(im2col, x, self.geometry),)
 
 
@@ -129,7 +126,7 @@ class Im2dist(_WindowLayer):
         self.remove_bounds = bool(ip.remove_bounds)
 
     def forward(self, x):
-        self._check_4d(x)
+        check_4d(self, x.shape)
         return (self._named(im2dist, x, self.geometry, self.norm, self.remove_center, self.remove_bounds),)
 
     def extra_repr(self) -> str:
@@ -151,10 +148,10 @@ class Im2parity(_WindowLayer):
         super().__init__(param, bottom_shapes, ctx)
         self.geometry = self._parse_window()
         pp = param.im2parity_param
-        self.ignore_label = int(pp.ignore_label) if pp.HasField("ignore_label") else None
+        self.ignore_label = optional_int(pp)
 
     def forward(self, labels):
-        self._check_4d(labels)
+        check_4d(self, labels.shape)
         return (self._named(im2parity, labels, self.geometry, self.ignore_label),)
 
 
@@ -195,7 +192,7 @@ class DistLoss(_WindowLayer):
         if not self.beta > self.alpha:
             raise self.error(f"dist_loss_param.beta must be greater than alpha, got alpha {self.alpha}, "
                              f"beta {self.beta}")
-        self.ignore_label = int(dp.ignore_label) if dp.HasField("ignore_label") else None
+        self.ignore_label = optional_int(dp)
 
     def forward(self, dist, parity):
         if dist.dim() < 1 or parity.dim() < 1 or dist.shape[0] != parity.shape[0]:
@@ -230,9 +227,7 @@ class ChannelReduce(Layer):
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)
         cp = param.channel_reduce_param
-        self.num_channels = int(cp.num_channels)
-        if self.num_channels <= 0:
-            raise self.error(f"channel_reduce_param.num_channels must be > 0, got {self.num_channels}")
+        self.num_channels = positive_int(self, cp.num_channels, "channel_reduce_param.num_channels")
         op = int(cp.operation)
         if op not in (0, 1):
             raise self.error(f"channel_reduce_param.operation must be SUM (0) or MAX (1), got {op}")

@@ -26,11 +26,12 @@ Notes:
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List
 
 import torch
 
 from ..errors import ShapeError
+from ._common import count as _count, positive_int
 from .base import Layer, register_layer
 
 
@@ -40,10 +41,6 @@ def canonical_axis(layer: Layer, axis: int, ndim: int, what: str = "axis") -> in
     if not -ndim <= axis < ndim:
         raise layer.error(f"{what} {axis} is out of range for a {ndim}-D bottom (must be in [{-ndim}, {ndim - 1}])")
     return axis + ndim if axis < 0 else axis
-
-
-def _count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
-    return math.prod(int(d) for d in shape[start:end])
 
 
 def _legacy_or_axis(layer: Layer, p, legacy: str, ndim: int, what: str) -> int:
@@ -304,9 +301,7 @@ class TileLayer(Layer):
         p = param.tile_param
         if not p.HasField("tiles"):
             raise self.error("tile_param.tiles must be specified")
-        self.tiles = int(p.tiles)
-        if self.tiles <= 0:
-            raise self.error(f"tile_param.tiles must be > 0, got {self.tiles}")
+        self.tiles = positive_int(self, p.tiles, "tile_param.tiles")
         self._axis = int(p.axis)
         canonical_axis(self, self._axis, len(self.bottom_shapes[0]), "tile_param.axis")
 

@@ -37,20 +37,29 @@ _INT = re.compile(r"[+-]?[0-9]+")
 _INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
 
 
-def read_list_text(path: str, what: str = "list file") -> str:
-    """The text of a list file, with clear errors for a missing/unreadable file."""
-    if not path:
-        raise DataError(f"{what}: no file name given (source is empty)")
+def read_text_file(path: str, cannot: str) -> str:
+    """The text of ``path`` (bytes kept through ``surrogateescape``).
+
+    A missing file, a directory or an OS error raises :class:`DataError`
+    whose message starts with ``cannot`` (e.g. ``"cannot open list file 'x'"``).
+    """
     if not os.path.exists(path):
-        raise DataError(f"cannot open {what} '{path}': the file does not exist")
+        raise DataError(f"{cannot}: the file does not exist")
     if os.path.isdir(path):
-        raise DataError(f"cannot open {what} '{path}': it is a directory")
+        raise DataError(f"{cannot}: it is a directory")
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise DataError(f"cannot open {what} '{path}': {e}") from None
+        raise DataError(f"{cannot}: {e}") from None
     return data.decode("utf-8", errors="surrogateescape")
+
+
+def read_list_text(path: str, what: str = "list file") -> str:
+    """The text of a list file, with clear errors for a missing/unreadable file."""
+    if not path:
+        raise DataError(f"{what}: no file name given (source is empty)")
+    return read_text_file(path, f"cannot open {what} '{path}'")
 
 
 def _tokens(line: str) -> List[str]:
@@ -169,5 +178,5 @@ def join_root(root_folder: str, name: str) -> str:
     return f"{root_folder}{name}"
 
 
-__all__ = ["read_list_text", "read_seg_list", "read_image_label_list", "read_pair_list",
+__all__ = ["read_text_file", "read_list_text", "read_seg_list", "read_image_label_list", "read_pair_list",
            "read_id_list", "join_root", "atoi"]

@@ -67,6 +67,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DataError
+from .lists import read_text_file
 from .palette import read_label_png
 
 try:
@@ -176,15 +177,7 @@ def scores_from_confusion(confusion: np.ndarray, ids: Sequence[str] = (), missin
 def read_eval_list(path: PathLike) -> List[str]:
     """Ids of a VOC ``ImageSets/Segmentation/*.txt`` list: the first token of every non-blank line."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"cannot read image list '{path}': the file does not exist")
-    if os.path.isdir(path):
-        raise DataError(f"cannot read image list '{path}': it is a directory")
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8", errors="surrogateescape")
-    except OSError as e:
-        raise DataError(f"cannot read image list '{path}': {e}") from None
+    text = read_text_file(path, f"cannot read image list '{path}'")
     ids = [line.split()[0] for line in text.splitlines() if line.split()]
     if not ids:
         raise DataError(f"image list '{path}' contains no ids")
