@@ -17,10 +17,14 @@ from .errors import CaffeCompatError
 PathLike = Union[str, os.PathLike]
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which races with other threads.
+_UMASK = _read_umask()
 
 
 def atomic_write(path: PathLike, writer: Callable[[str], None], *, error: Type[CaffeCompatError] = CaffeCompatError,
@@ -46,12 +50,16 @@ def atomic_write(path: PathLike, writer: Callable[[str], None], *, error: Type[C
         raise error(f"cannot write '{path}': the folder '{folder}' does not exist (it is not created automatically)")
     if not overwrite and os.path.lexists(path):
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else ""),
-                               dir=str(folder))
-    os.close(fd)
+    tmp = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give what open() would
+        # A short temporary name: a final name near the file-name length limit must still work.
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tmp" + (path.suffix if keep_suffix else ""),
+                                   dir=str(folder))
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give what open() would
         writer(tmp)
+        with open(tmp, "rb+") as fh:  # on disk before it gets the final name
+            os.fsync(fh.fileno())
         if overwrite:
             os.replace(tmp, path)
             return True
@@ -67,7 +75,7 @@ def atomic_write(path: PathLike, writer: Callable[[str], None], *, error: Type[C
     except OSError as e:
         raise error(f"cannot write '{path}': {e}") from None
     finally:
-        if os.path.lexists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             try:
                 os.unlink(tmp)
             except OSError:

@@ -16,11 +16,13 @@ from .errors import LayerConfigError
 
 
 def _fans(t: torch.Tensor, where: str):
-    if t.dim() < 2:
-        # Caffe CHECKs count > 0 and uses shape(0)/shape(1); a 1-D blob has no shape(1).
-        raise LayerConfigError(f"{where}: fan-based filler needs a blob of at least 2 axes, got {list(t.shape)}")
+    # Caffe: CHECK(count); fan_in = count / shape(0); fan_out = count / shape(1), or count for 1 axis.
+    if t.dim() < 1:
+        raise LayerConfigError(f"{where}: fan-based filler needs a blob of at least 1 axis, got a scalar")
     count = t.numel()
-    return count / t.shape[0], count / t.shape[1]
+    if count == 0:
+        raise LayerConfigError(f"{where}: fan-based filler on an empty blob {list(t.shape)}")
+    return count / t.shape[0], (count / t.shape[1] if t.dim() > 1 else float(count))
 
 
 def _fan(t: torch.Tensor, filler, where: str) -> float:
@@ -40,6 +42,8 @@ def fill(t: torch.Tensor, filler, generator: Optional[torch.Generator] = None, w
     :class:`LayerConfigError` naming ``where`` for an unknown type or invalid values.
     """
     kind = "constant" if filler is None else filler.type
+    if filler is not None and filler.sparse < -1:
+        raise LayerConfigError(f"{where}: filler sparse must be >= -1, got {filler.sparse}")
     g = generator
     with torch.no_grad():
         if kind == "constant":

@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np

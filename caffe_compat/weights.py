@@ -17,7 +17,7 @@ layers the file lacks; here ``strict=True`` turns either into an error that
 lists them, and ``strict=False`` returns the report.
 
 Writing (:func:`save_net`) emits per layer ``name``, ``type``, ``bottom``,
-``top`` and ``blobs`` (float32 ``data`` with a ``shape``), which is all Caffe's
+``top`` and ``blobs`` (float32 ``data``, or ``double_data`` for a float64 net, with a ``shape``), which is all Caffe's
 ``CopyTrainedLayersFrom`` and OpenCV's ``readNetFromCaffe`` read from a weights
 file; layer parameters are left out on purpose, because their field numbers
 differ between BVLC Caffe, OpenCV and the fork (PROTO.md §5).  HDF5 follows
@@ -28,10 +28,11 @@ renamed, so a failure never leaves a partial file.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from google.protobuf.message import DecodeError
 from . import schema
 from .atomic import atomic_write
 from .errors import WeightsError
+from .layers.base import MAX_BLOB_ELEMENTS
 from .prototxt import V1_TYPE_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,7 +100,10 @@ def _blob_to_array(b, where: str) -> WeightBlob:
         shape = tuple(b.shape.dim) if b.HasField("shape") else ()
     if any(d < 0 for d in shape):
         raise WeightsError(f"{where}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(int(d) for d in shape)
+    if count > MAX_BLOB_ELEMENTS:
+        raise WeightsError(f"{where}: shape {list(shape)} has {count} elements, more than the limit "
+                           f"{MAX_BLOB_ELEMENTS}")
     if len(b.double_data):
         data = np.asarray(b.double_data, dtype=np.float64)
     else:
@@ -109,7 +114,10 @@ def _blob_to_array(b, where: str) -> WeightBlob:
 
 
 def _read_caffemodel(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
     if not data:
         raise WeightsError(f"{path}: empty file, not a caffemodel")
     try:
@@ -154,22 +162,24 @@ def _read_hdf5(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
             if any(not k.isdigit() for k in keys):
                 raise WeightsError(f"{path}: /data/{lname} holds {keys}; Caffe's layout names blobs 0, 1, ...")
             idx = sorted(int(k) for k in keys)
-            if idx != list(range(len(idx))):
-                raise WeightsError(f"{path}: /data/{lname} blob indices {idx} are not 0..n-1")
-            blobs = []
+            # Caffe's ToHDF5 leaves out shared blobs, so indices may have gaps: None marks them.
+            blobs: List[Optional[WeightBlob]] = [None] * (idx[-1] + 1 if idx else 0)
             for i in idx:
                 arr = np.asarray(grp[str(i)][()])
                 if arr.dtype not in (np.float32, np.float64):
                     raise WeightsError(f"{path}: /data/{lname}/{i} has dtype {arr.dtype}, expected float32/64")
-                blobs.append(WeightBlob(arr))
+                blobs[i] = WeightBlob(arr)
             out.append((lname, "", blobs))
     return out
 
 
 def is_hdf5(path: PathLike) -> bool:
     """True if the file starts with the HDF5 signature."""
-    with open(path, "rb") as fh:
-        return fh.read(8) == HDF5_MAGIC
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_MAGIC
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def read_weights(path: PathLike) -> List[Tuple[str, str, List[WeightBlob]]]:
@@ -202,48 +212,58 @@ def load_into_net(net: "Net", path: PathLike, strict: bool = True) -> LoadReport
     first_index = {}
     for i, name in enumerate(net.layer_names):
         first_index.setdefault(name, i)
-    seen_net_layers = set()
+    seen_net_layers = set()      # net layers that received their blobs
+    attempted = set()            # net layers the file addressed (loaded or mismatched)
     with torch.no_grad():
         for name, typ, blobs in layers:
             i = first_index.get(name)
             if i is None:
-                if blobs:
+                if any(b is not None for b in blobs):
                     report.unexpected.append(name)
                 continue
-            layer = net.layers[i]
-            targets = list(layer.blobs)
+            targets = list(net.layers[i].blobs)
             specs = net.param_specs[i]
-            if hdf5 and len(blobs) < len(targets):
-                # Caffe's HDF5 writer stores shared parameters with their owner only.
-                ok = all(specs[j]["owner"] is not None for j in range(len(blobs), len(targets)))
-                if not ok:
-                    report.mismatched.append(f"layer '{name}': file has {len(blobs)} blobs, net has {len(targets)}")
-                    continue
-                targets = targets[:len(blobs)]
-            if len(blobs) != len(targets):
-                if blobs or targets:
-                    report.mismatched.append(f"layer '{name}': file has {len(blobs)} blobs, net has {len(targets)}")
+            if not blobs and not targets:
+                continue
+            attempted.add(i)
+            if len(blobs) > len(targets) or (not hdf5 and len(blobs) != len(targets)):
+                report.mismatched.append(f"layer '{name}': file has {len(blobs)} blobs, net has {len(targets)}")
+                continue
+            # HDF5 (Caffe's ToHDF5) leaves out shared blobs: a missing index is fine only for a sharer.
+            pairs, gaps_ok = [], True
+            for j, t in enumerate(targets):
+                b = blobs[j] if j < len(blobs) else None
+                if b is None:
+                    gaps_ok = gaps_ok and specs[j]["owner"] is not None
+                else:
+                    pairs.append((j, b, t))
+            if not gaps_ok:
+                report.mismatched.append(f"layer '{name}': file has {sum(b is not None for b in blobs)} blobs, "
+                                         f"net has {len(targets)}")
                 continue
             bad = [f"layer '{name}' blob {j}: file shape {list(b.array.shape)}"
                    f"{' (legacy)' if b.legacy else ''} vs net shape {list(t.shape)}"
-                   for j, (b, t) in enumerate(zip(blobs, targets)) if not _shape_fits(b, tuple(t.shape))]
+                   for j, b, t in pairs if not _shape_fits(b, tuple(t.shape))]
             if bad:
                 report.mismatched.extend(bad)
                 continue
-            for b, t in zip(blobs, targets):
-                src = torch.from_numpy(np.ascontiguousarray(b.array)).reshape(t.shape)
+            for j, b, t in pairs:
                 if not np.isfinite(b.array).all():
-                    log.warning("%s: layer '%s' holds NaN/Inf values", path, name)
+                    log.warning("%s: layer '%s' blob %d holds NaN/Inf values", path, name, j)
                 if t.device.type != "meta":
+                    src = torch.from_numpy(np.ascontiguousarray(b.array)).reshape(t.shape)
                     t.copy_(src.to(dtype=t.dtype, device=t.device))
-            if targets:
-                report.loaded.append(name)
-                seen_net_layers.add(i)
+            report.loaded.append(name)
+            seen_net_layers.add(i)
     for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
-        if len(layer.blobs) and i not in seen_net_layers and first_index[name] == i:
-            shared_only = all(s["owner"] is not None and s["owner"][0] in seen_net_layers for s in net.param_specs[i])
-            if not shared_only:
-                report.missing.append(name)
+        if not len(layer.blobs) or i in attempted:
+            continue
+        if first_index[name] != i:
+            report.missing.append(f"{name} (a later layer of that name: Caffe loads only the first)")
+            continue
+        shared_only = all(s["owner"] is not None and s["owner"][0] in seen_net_layers for s in net.param_specs[i])
+        if not shared_only:
+            report.missing.append(name)
     if strict and not report.ok:
         raise WeightsError(f"{path}: weights do not fit net '{net.name}' ({net.source}):\n{report.describe()}\n"
                            f"(load with strict=False to keep filler values for missing layers)")
@@ -270,12 +290,16 @@ def _len_field(number: int, payload: bytes) -> bytes:
 
 
 def _blob_bytes(t: torch.Tensor) -> bytes:
-    arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    double = t.dtype == torch.float64
+    arr = t.detach().to("cpu", torch.float64 if double else torch.float32).contiguous().numpy()
     head = schema.BlobProto()
     head.shape.dim.extend(arr.shape)
     if arr.ndim == 0:
         head.ClearField("shape")  # Caffe's 0-axis blob: no shape field, one value
-    # BlobProto.data is field 5, packed float32 little-endian.
+    # Packed little-endian values: BlobProto.data (5, float32) or, for a float64 net as
+    # Caffe<double> writes it, double_data (8).
+    if double:
+        return head.SerializeToString() + _len_field(8, arr.astype("<f8", copy=False).tobytes())
     return head.SerializeToString() + _len_field(5, arr.astype("<f4", copy=False).tobytes())
 
 
@@ -314,6 +338,9 @@ def _write_hdf5(net: "Net", filename: str) -> None:
     with h5py.File(filename, "w") as f:
         data = f.create_group("data")
         for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
+            if not name or "/" in name or name in (".", ".."):
+                raise WeightsError(f"cannot write HDF5: layer name {name!r} cannot be an HDF5 group name "
+                                   f"(Caffe's layout has one group per layer name); save as .caffemodel")
             if name in data:
                 if len(layer.blobs):
                     raise WeightsError(f"cannot write HDF5: layer name '{name}' is used twice and has blobs "
@@ -323,4 +350,5 @@ def _write_hdf5(net: "Net", filename: str) -> None:
             for j, p in enumerate(layer.blobs):
                 if net.param_specs[i][j]["owner"] is not None:
                     continue  # shared: stored with its owner, as Net::ToHDF5
-                g.create_dataset(str(j), data=p.detach().to("cpu", torch.float32).numpy())
+                dt = torch.float64 if p.dtype == torch.float64 else torch.float32
+                g.create_dataset(str(j), data=p.detach().to("cpu", dt).numpy())

@@ -68,11 +68,21 @@ def test_positive_unitball_and_bilinear():
         fill(torch.empty(2, 1, 3, 4), _filler("type: 'bilinear'"))
 
 
-def test_unknown_filler_and_fan_on_1d():
+def test_unknown_filler_and_fans_of_small_blobs():
     with pytest.raises(LayerConfigError, match="unknown filler type 'zorp'"):
         fill(torch.empty(3), _filler("type: 'zorp'"))
-    with pytest.raises(LayerConfigError, match="at least 2 axes"):
-        fill(torch.empty(3), _filler("type: 'xavier'"))
+    # Caffe: a 1-axis blob has fan_in = count / shape(0) = 1 and fan_out = count
+    t = torch.empty(1000)
+    fill(t, _filler("type: 'xavier' variance_norm: FAN_OUT"), _g())
+    assert t.abs().max() <= math.sqrt(3.0 / 1000) and t.abs().max() > 0.9 * math.sqrt(3.0 / 1000)
+    fill(t, _filler("type: 'xavier'"), _g())
+    assert t.abs().max() > 0.9 and t.abs().max() <= 3 ** 0.5
+    with pytest.raises(LayerConfigError, match="scalar"):
+        fill(torch.empty(()), _filler("type: 'msra'"))
+    with pytest.raises(LayerConfigError, match="empty blob"):
+        fill(torch.empty(0, 3), _filler("type: 'xavier'"))
+    with pytest.raises(LayerConfigError, match="sparse must be >= -1"):
+        fill(torch.empty(3), _filler("type: 'gaussian' sparse: -2"))
 
 
 def test_xy_filler_batch_bug():

@@ -186,3 +186,57 @@ def test_hdf5_shared_params_stored_once(tmp_path):
     net2 = Net.from_string(text, weights=p, seed=5)
     assert torch.equal(net2.params["c1"][0], net.params["c1"][0])
     assert net2.params["c2"][0] is net2.params["c1"][0]
+
+
+def test_hdf5_sharing_only_the_weight_leaves_index_gaps(tmp_path):
+    """Caffe's ToHDF5 skips shared blobs by index, so /data/c2 may hold only '1'; it must load back."""
+    text = """
+    input: "a" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }
+    layer { name: "c1" type: "Convolution" bottom: "a" top: "b" param { name: "w" }
+      convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+    layer { name: "c2" type: "Convolution" bottom: "b" top: "c" param { name: "w" }
+      convolution_param { num_output: 2 kernel_size: 1 bias_filler { type: "gaussian" } } }
+    """
+    net = Net.from_string(text, seed=0)
+    p = tmp_path / "gap.h5"
+    net.save(p)
+    with h5py.File(p) as f:
+        assert list(f["data/c2"].keys()) == ["1"]
+    again = Net.from_string(text, weights=p, seed=9)
+    for name in ("c1", "c2"):
+        for a, b in zip(net.params[name], again.params[name]):
+            assert torch.equal(a, b)
+
+
+def test_hdf5_refuses_layer_names_that_are_not_group_names(tmp_path):
+    text = NET.replace('name: "conv"', 'name: "inc/1x1"').replace('bottom: "conv"', 'bottom: "conv"')
+    net = Net.from_string(text)
+    with pytest.raises(WeightsError, match="inc/1x1"):
+        net.save(tmp_path / "x.h5")
+    assert os.listdir(tmp_path) == []
+
+
+def test_float64_net_round_trips_double_data(tmp_path):
+    a = Net.from_string(NET, dtype=torch.float64, seed=0)
+    _randomize(a)
+    with torch.no_grad():
+        a.params["conv"][0] += 1e-12  # not representable in float32
+    for ext in (".caffemodel", ".h5"):
+        a.save(tmp_path / f"m{ext}")
+        b = Net.from_string(NET, weights=tmp_path / f"m{ext}", dtype=torch.float64)
+        assert torch.equal(a.params["conv"][0], b.params["conv"][0])
+
+
+def test_mismatched_layer_reported_once_and_huge_blob_refused(tmp_path):
+    net = Net.from_string(NET)
+    p = _model_with(tmp_path, [("conv", [_blob(np.zeros((4, 3, 5, 5))), _blob(np.zeros(4))])])
+    rep = net.load_weights(p, strict=False)
+    assert "conv" not in rep.missing and any("conv" in m for m in rep.mismatched)
+    msg = schema.NetParameter()
+    lp = msg.layer.add()
+    lp.name = "conv"
+    b = lp.blobs.add()
+    b.shape.dim.extend([2 ** 32, 2 ** 32])
+    p.write_bytes(msg.SerializeToString())
+    with pytest.raises(WeightsError, match="more than the limit"):
+        read_weights(p)

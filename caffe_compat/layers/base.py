@@ -59,8 +59,6 @@ class BuildContext:
             a net for shape inspection without allocating weights).
         dtype: floating dtype of blobs and activations (float32 as in Caffe).
         source: name of the prototxt, for error messages.
-        root: folder the prototxt lives in (data layers resolve nothing
-            relative to it; Caffe prepends ``root_folder`` verbatim).
     """
 
     phase: str = "TEST"
@@ -68,12 +66,14 @@ class BuildContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     source: str = "<string>"
-    root: str = ""
 
 
 def check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
     """Validate a blob shape: non-negative ints and a sane element count."""
-    shape = tuple(int(d) for d in shape)
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ShapeError(f"{what}: shape must be a sequence of integers, got {shape!r}") from None
     if any(d < 0 for d in shape):
         raise ShapeError(f"{what}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)
@@ -142,20 +142,19 @@ class Layer(nn.Module):
         from ..fillers import fill  # local import: fillers imports nothing of ours
 
         shape = check_shape(shape, f"layer '{self.name}' blob {len(self.blobs)}")
-        data = torch.empty(shape, dtype=self.ctx.dtype, device=self.ctx.device)
+        data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
         if data.device.type != "meta":
+            # Fill on the CPU with the net's CPU generator, then move: the same seeded
+            # values on every device (a CPU generator cannot fill a CUDA tensor).
             with torch.no_grad():
                 if callable(init):
                     init(data, self.ctx.generator)
                 else:
                     fill(data, init, self.ctx.generator, where=f"layer '{self.name}'")
+            data = data.to(self.ctx.device)
         p = nn.Parameter(data)
         self.blobs.append(p)
         return p
-
-    def has(self, msg, field_name: str) -> bool:
-        """proto2 presence of an optional field (Caffe's ``has_...()``)."""
-        return msg.HasField(field_name)
 
     # -- API -----------------------------------------------------------------
     def forward(self, *bottoms):  # pragma: no cover - abstract
