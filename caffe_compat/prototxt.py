@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
 
 from . import schema
 from .errors import PrototxtError, TemplateError
@@ -80,11 +79,9 @@ def _parse_text(text: str, message, source: str):
     return message
 
 
-def read_text(path_or_text: PathLike, *, is_text: bool = False) -> tuple:
-    """Return ``(text, source_name)`` for a path, or for literal text if ``is_text``."""
-    if is_text:
-        return str(path_or_text), "<string>"
-    p = Path(path_or_text)
+def read_text(path: PathLike) -> tuple:
+    """Return ``(text, source_name)`` of a text file, with clear errors."""
+    p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError:
@@ -108,21 +105,6 @@ def parse_solver(text: str, source: str = "<string>", defines: Optional[Mapping[
     """Parse solver text (templates substituted) into a ``SolverParameter``."""
     text = substitute_templates(text, defines, source)
     return _parse_text(text, schema.SolverParameter(), source)
-
-
-def load_net_file(path: PathLike, defines: Optional[Mapping[str, object]] = None):
-    """Read and parse a net prototxt file."""
-    text, source = read_text(path)
-    return parse_net(text, source, defines)
-
-
-def parse_net_binary(data: bytes, source: str):
-    """Parse a binary ``NetParameter`` (a full caffemodel), upgrading V1 layers."""
-    try:
-        net = schema.NetParameter.FromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise PrototxtError(f"{source}: not a valid binary NetParameter ({e})") from None
-    return upgrade_net(net, source)
 
 
 # --- V1 upgrade ---------------------------------------------------------------------------
@@ -170,7 +152,11 @@ def upgrade_v1_layer(v1, source: str = "<string>"):
 
 
 def _move_deprecated_transform(lp) -> None:
-    """Move deprecated scale/mean_file/crop_size/mirror of data params into transform_param."""
+    """Move deprecated scale/mean_file/crop_size/mirror of data params into transform_param.
+
+    Caffe does this only when upgrading V1 layers (NetNeedsDataUpgrade); in the
+    ``layer`` format those fields are ignored.
+    """
     for pname in ("data_param", "image_data_param", "window_data_param"):
         if not lp.HasField(pname):
             continue
@@ -191,8 +177,6 @@ def upgrade_net(net, source: str = "<string>"):
         net.ClearField("layers")
         for lp in upgraded:
             net.layer.add().CopyFrom(lp)
-    for lp in net.layer:
-        _move_deprecated_transform(lp)
     return net
 
 

@@ -72,3 +72,22 @@ def test_info_full_size_original_config_json():
     for k, v in rec["blobs"].items():
         if "_split_" not in k:
             assert d["blobs"][k] == v, k
+
+
+def test_info_weights_that_do_not_fit_exit_2(tmp_path, caplog):
+    p = tmp_path / "net.prototxt"
+    p.write_text(SMALL)
+    from caffe_compat import Net
+    Net.from_string(SMALL, defines={"SIZE": 7}).save(tmp_path / "w.caffemodel")
+    assert main(["info", str(p), "-D", "SIZE=7", "--weights", str(tmp_path / "w.caffemodel")]) == 0
+    p.write_text(SMALL.replace("num_output: 2", "num_output: 3"))
+    assert main(["info", str(p), "-D", "SIZE=7", "--weights", str(tmp_path / "w.caffemodel")]) == 2
+    assert "does not fit" in caplog.text
+
+
+def test_bad_device_and_shard_are_clear_errors(tmp_path, caplog, monkeypatch):
+    assert main(["test", "x.prototxt", "w.caffemodel", "--device", "tpu"]) == 2
+    assert "--device must be cpu or cuda" in caplog.text
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    assert main(["test", "x.prototxt", "w.caffemodel"]) == 2
+    assert "WORLD_SIZE" in caplog.text

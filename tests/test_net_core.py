@@ -249,3 +249,65 @@ def test_meta_device_net_for_inspection():
     net = Net.from_string(SMALL, device="meta")
     assert net.params["conv1"][0].is_meta
     assert net.infer_shapes()["ip"] == (2, 5)
+
+
+def test_top_produced_by_multiple_sources_is_an_error():
+    base = 'input: "d" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }\n'
+    with pytest.raises(NetError, match="produced by multiple sources"):
+        Net.from_string(base + 'layer { name: "a" type: "ReLU" bottom: "d" top: "x" }\n'
+                               'layer { name: "b" type: "ReLU" bottom: "d" top: "x" }')
+    with pytest.raises(NetError, match="produced by multiple sources"):
+        Net.from_string(base + 'layer { name: "a" type: "ReLU" bottom: "d" top: "y" }\n'
+                               'layer { name: "s" type: "Eltwise" bottom: "d" bottom: "y" top: "y" }')
+    # in place at the same index is fine, also on a net input
+    net = Net.from_string(base + 'force_backward: true\nlayer { name: "a" type: "ReLU" bottom: "d" top: "d" }')
+    x = torch.tensor([[[[1.0, -1.0], [2.0, -2.0]]]])
+    net(d=x)
+    g = net.backward(d=torch.ones(1, 1, 2, 2))
+    torch.testing.assert_close(g["d"], (x > 0).float())  # the input's own gradient, not the in-place blob's
+
+
+def test_backward_loss_consumed_later_and_diff_checks():
+    text = """
+    input: "s" input_shape { dim: 2 dim: 3 dim: 1 dim: 1 }
+    input: "l" input_shape { dim: 2 dim: 1 dim: 1 dim: 1 }
+    layer { name: "ip" type: "InnerProduct" bottom: "s" top: "ip" inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "l" top: "loss" }
+    layer { name: "pw" type: "Power" bottom: "loss" top: "pw" }
+    """
+    net = Net.from_string(text, seed=0)
+    net(s=torch.randn(2, 3, 1, 1), l=torch.tensor([0.0, 2.0]).reshape(2, 1, 1, 1))
+    assert net.outputs == ["pw"]
+    net.backward()
+    assert net.params["ip"][0].grad is not None and net.params["ip"][0].grad.abs().sum() > 0
+    with pytest.raises(NetError, match="already called"):
+        net.backward()
+    net(s=torch.randn(2, 3, 1, 1), l=torch.tensor([0.0, 2.0]).reshape(2, 1, 1, 1))
+    with pytest.raises(NetError, match="not net outputs"):
+        net.backward(ip=torch.ones(2, 3))
+    with pytest.raises(ShapeError, match="diff for 'pw'"):
+        net.backward(pw=torch.ones(3))
+    with pytest.raises(DataError, match="not numeric"):
+        net.backward(pw="abc")
+
+
+def test_layer_phase_field_overrides_net_phase_and_stages_string():
+    text = """input: "d" input_shape { dim: 1 dim: 1 dim: 50 dim: 50 }
+    layer { name: "drop" type: "Dropout" bottom: "d" top: "y" phase: TRAIN dropout_param { dropout_ratio: 0.5 } }
+    layer { name: "st" type: "ReLU" bottom: "y" top: "z" include { stage: "deploy" } }"""
+    net = Net.from_string(text, phase="TEST", stages="deploy", seed=0)
+    assert net.layer_names == ["drop", "st"]
+    y = net(d=torch.ones(1, 1, 50, 50))["z"]
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}  # TRAIN dropout although the net is TEST
+
+
+def test_meta_net_cannot_run_forward():
+    net = Net.from_string(SMALL, device="meta")
+    with pytest.raises(NetError, match="meta device"):
+        net(data=torch.randn(2, 3, 8, 10))
+
+
+def test_bad_shape_values_are_clear_errors():
+    net = Net.from_string(SMALL)
+    with pytest.raises(ShapeError, match="sequence of integers"):
+        net.infer_shapes(data="abc")

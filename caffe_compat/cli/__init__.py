@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import List, Optional
 
+import torch
+
 from ..errors import CaffeCompatError
 
 #: sub-command modules, in the order ``--help`` lists them
@@ -30,6 +32,16 @@ def parse_defines(items: Optional[List[str]]) -> dict:
     return out
 
 
+def check_device(device: str) -> str:
+    """Validate a ``--device`` value (``cpu``, ``cuda`` or ``cuda:N``) with a clear error."""
+    device = str(device)
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise CaffeCompatError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CaffeCompatError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
 def add_define_option(p: argparse.ArgumentParser) -> None:
     """The ``--define NAME=VALUE`` option shared by every command that reads a prototxt."""
     p.add_argument("--define", "-D", action="append", metavar="NAME=VALUE", default=[],
@@ -40,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="caffe-compat",
         description="Run, evaluate and convert models of the segmentation-aware Caffe fork in PyTorch.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging: -v for progress details, -vv for debug")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -51,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         rc = args.func(args)

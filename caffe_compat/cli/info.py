@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..errors import WeightsError
 from . import add_define_option, parse_defines
 
 
@@ -38,4 +39,6 @@ def run_info(args: argparse.Namespace) -> int:
         sys.stdout.write(net.summary() + "\n")
         if report is not None:
             sys.stdout.write(f"weights {args.weights}: {report.describe()}\n")
+    if report is not None and report.mismatched:
+        raise WeightsError(f"{args.weights} does not fit {args.prototxt}: " + "; ".join(report.mismatched))
     return 0

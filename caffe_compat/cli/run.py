@@ -54,7 +54,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import add_define_option, parse_defines
+from . import add_define_option, check_device, parse_defines
 from ..errors import CaffeCompatError, DataError, NetError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -333,11 +333,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..checkpoint import open_net
 
-    device = str(args.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CaffeCompatError(f"--device {device}: CUDA is not available on this machine")
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise CaffeCompatError(f"--device must be cpu or cuda, got {device!r}")
+    device = check_device(args.device)
     if not Path(args.image).is_file():
         raise DataError(f"{args.image}: no such image file")
     feeds = {}

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CaffeCompatError, DataError, NetError
-from . import add_define_option, parse_defines
+from . import add_define_option, check_device, parse_defines
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); under torchrun cuda uses LOCAL_RANK")
     p.add_argument("--list", dest="list_file", help="override the data layer's list file (image_data_param.source)")
     p.add_argument("--root", help="override the data layer's root_folder (prepended verbatim, as Caffe)")
-    p.add_argument("--out", help="override the MatWrite prefix (a folder; created if missing)")
+    p.add_argument("--out", help="override the MatWrite prefix: a folder, created if missing (with several "
+                                  "MatWrite layers, one subfolder per layer name)")
     p.add_argument("--ids", help="override the MatWrite id list (mat_write_param.source)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: load in-process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,7 +79,9 @@ def run_test(args: argparse.Namespace) -> int:
     from ..net import Net
 
     rank, world = _rank_world()
-    device = args.device
+    if world < 1 or not 0 <= rank < world:
+        raise CaffeCompatError(f"RANK={rank} / WORLD_SIZE={world} from the environment are not a valid shard")
+    device = check_device(args.device)
     if device.startswith("cuda") and world > 1 and ":" not in device:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     net = Net(args.prototxt, phase="TEST", defines=parse_defines(args.define))
@@ -101,8 +104,10 @@ def run_test(args: argparse.Namespace) -> int:
         raise NetError(f"{args.prototxt}: layer '{data.name}' has shuffle: true; `test` needs a fixed order")
     for w in writers:
         if args.out:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            w.set_prefix(os.path.join(args.out, ""))
+            # One folder per MatWrite layer when there are several: they name files alike.
+            folder = Path(args.out) / w.name if len(writers) > 1 else Path(args.out)
+            folder.mkdir(parents=True, exist_ok=True)
+            w.set_prefix(os.path.join(str(folder), ""))
         if args.ids:
             w.set_source(args.ids)
         folder = os.path.dirname(w.prefix) or "."
