@@ -172,9 +172,12 @@ class Net(nn.Module):
                 cls = get_layer_class(lp.type, lp.name)
             except CaffeCompatError as e:
                 raise type(e)(f"{src}: {e}") from None
-            # Caffe gives a layer the net's phase unless the layer sets its own.
-            ctx = (dataclasses.replace(self._ctx, phase=phase_name[lp.phase]) if lp.HasField("phase")
-                   else self._ctx)
+            # Caffe gives a layer the net's phase unless the layer sets its own; blobs shared
+            # by name with an earlier layer are handed over instead of allocated again.
+            shared = {j: self.layers[owners[ps.name][0]].blobs[owners[ps.name][1]]
+                      for j, ps in enumerate(lp.param) if ps.name and ps.name in owners}
+            ctx = dataclasses.replace(self._ctx, shared_blobs=shared,
+                                      **({"phase": phase_name[lp.phase]} if lp.HasField("phase") else {}))
             for b in lp.bottom:
                 if b not in shapes:
                     raise NetError(f"{where}: bottom '{b}' is not produced by any earlier layer "

@@ -59,6 +59,9 @@ class BuildContext:
             a net for shape inspection without allocating weights).
         dtype: floating dtype of blobs and activations (float32 as in Caffe).
         source: name of the prototxt, for error messages.
+        shared_blobs: blob index -> the Parameter an earlier layer owns under
+            the same ``param { name }``; :meth:`Layer.add_blob` reuses it (when
+            the shape matches) instead of allocating and filling a copy.
     """
 
     phase: str = "TEST"
@@ -66,6 +69,7 @@ class BuildContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     source: str = "<string>"
+    shared_blobs: Dict[int, nn.Parameter] = field(default_factory=dict)
 
 
 def check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
@@ -142,6 +146,10 @@ class Layer(nn.Module):
         from ..fillers import fill  # local import: fillers imports nothing of ours
 
         shape = check_shape(shape, f"layer '{self.name}' blob {len(self.blobs)}")
+        shared = self.ctx.shared_blobs.get(len(self.blobs))
+        if shared is not None and tuple(shared.shape) == shape:
+            self.blobs.append(shared)
+            return shared
         data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
         if data.device.type != "meta":
             # Fill on the CPU with the net's CPU generator, then move: the same seeded
