@@ -92,7 +92,12 @@ class LoadReport:
 
 
 # ----------------------------------------------------------------------------- reading
-def _blob_to_array(b, where: str) -> WeightBlob:
+class _NotOnePackedRecord(Exception):
+    """A blob's values are not one packed record: read the file with the element-wise schema."""
+
+
+def _blob_to_array(b, where: str, fast: bool = False) -> WeightBlob:
+    """A ``BlobProto`` as an array; ``fast``: ``b`` is a ``FastBlobProto`` (raw packed bytes)."""
     legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
     if legacy:
         shape: Tuple[int, ...] = (b.num, b.channels, b.height, b.width)
@@ -104,7 +109,12 @@ def _blob_to_array(b, where: str) -> WeightBlob:
     if count > MAX_BLOB_ELEMENTS:
         raise WeightsError(f"{where}: shape {list(shape)} has {count} elements, more than the limit "
                            f"{MAX_BLOB_ELEMENTS}")
-    if len(b.double_data):
+    if fast:
+        raw = np.frombuffer(b.double_data, "<f8") if len(b.double_data) else np.frombuffer(b.data, "<f4")
+        if raw.size != count:
+            raise _NotOnePackedRecord
+        data = raw.astype(raw.dtype.newbyteorder("="))  # a writable, native-order copy
+    elif len(b.double_data):
         data = np.asarray(b.double_data, dtype=np.float64)
     else:
         data = np.asarray(b.data, dtype=np.float32)
@@ -120,26 +130,38 @@ def _read_caffemodel(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
         raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
     if not data:
         raise WeightsError(f"{path}: empty file, not a caffemodel")
-    try:
-        net = schema.WeightsNet.FromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise WeightsError(f"{path}: not a valid binary caffemodel (truncated or another format): {e}") from None
+    # Fast schema first (packed values as raw bytes); files not packed the way Caffe
+    # writes them are read again element-wise.
+    for message, fast in ((schema.message_class("caffe_weights.FastWeightsNet"), True), (schema.WeightsNet, False)):
+        try:
+            net = message.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise WeightsError(f"{path}: not a valid binary caffemodel (truncated or another format): {e}") from None
+        try:
+            out = _layers_of(net, path, fast)
+            break
+        except _NotOnePackedRecord:
+            continue
+    if not out:
+        raise WeightsError(f"{path}: holds no layers; not a caffemodel (text prototxt? wrong file?)")
+    if not any(name for name, _, _ in out):
+        raise WeightsError(f"{path}: its layers have no names; not a caffemodel")
+    return out
+
+
+def _layers_of(net, path: Path, fast: bool) -> List[Tuple[str, str, List[WeightBlob]]]:
     out = []
     if len(net.layer):
-        for i, lp in enumerate(net.layer):
-            out.append((lp.name, lp.type, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}")
+        for lp in net.layer:
+            out.append((lp.name, lp.type, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}", fast)
                                            for j, b in enumerate(lp.blobs)]))
     elif len(net.layers):
         enum = schema.message_descriptor("V1LayerParameter").fields_by_name["type"].enum_type
         for lp in net.layers:
             ev = enum.values_by_number.get(lp.type)
             typ = V1_TYPE_NAMES.get(ev.name, "") if ev is not None else f"<V1 type {lp.type}>"
-            out.append((lp.name, typ, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}")
+            out.append((lp.name, typ, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}", fast)
                                        for j, b in enumerate(lp.blobs)]))
-    if not out:
-        raise WeightsError(f"{path}: holds no layers; not a caffemodel (text prototxt? wrong file?)")
-    if not any(name for name, _, _ in out):
-        raise WeightsError(f"{path}: its layers have no names; not a caffemodel")
     return out
 
 

@@ -240,3 +240,39 @@ def test_mismatched_layer_reported_once_and_huge_blob_refused(tmp_path):
     p.write_bytes(msg.SerializeToString())
     with pytest.raises(WeightsError, match="more than the limit"):
         read_weights(p)
+
+
+def test_unpacked_values_read_through_the_fallback(tmp_path):
+    """Caffe writes packed values; a writer using the unpacked encoding (legal protobuf) must still load."""
+    import struct
+    net = Net.from_string(NET)
+    w = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3) / 7
+    b = np.arange(4, dtype=np.float32)
+
+    def varint(n):
+        out = b""
+        while True:
+            x, n = n & 0x7F, n >> 7
+            out += bytes([x | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def ld(num, payload):
+        return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+    def blob_unpacked(arr):
+        shape = schema.BlobShape()
+        shape.dim.extend(arr.shape)
+        body = ld(7, shape.SerializeToString())
+        body += b"".join(varint(5 << 3 | 5) + struct.pack("<f", v) for v in arr.ravel())  # field 5, I32 each
+        return body
+
+    layer = ld(1, b"conv") + ld(7, blob_unpacked(w)) + ld(7, blob_unpacked(b))
+    p = tmp_path / "unpacked.caffemodel"
+    p.write_bytes(ld(100, layer))
+    (name, _, blobs), = read_weights(p)
+    assert name == "conv"
+    np.testing.assert_array_equal(blobs[0].array, w)
+    np.testing.assert_array_equal(blobs[1].array, b)
+    rep = net.load_weights(p, strict=False)
+    assert rep.loaded == ["conv"]
