@@ -311,3 +311,29 @@ def test_bad_shape_values_are_clear_errors():
     net = Net.from_string(SMALL)
     with pytest.raises(ShapeError, match="sequence of integers"):
         net.infer_shapes(data="abc")
+
+
+def test_shared_scale_gradient_is_the_first_sharers_at_batch_1_and_autograd_visible():
+    """The fork overwrites a vector Scale diff when outer_dim == 1 (recorded by the res goldens)."""
+    text = """input: "a" input_shape { dim: 1 dim: 3 dim: 2 dim: 2 }
+    input: "b" input_shape { dim: 1 dim: 3 dim: 2 dim: 2 }
+    layer { name: "s1" type: "Scale" bottom: "a" top: "a1" param { name: "sh" } }
+    layer { name: "s2" type: "Scale" bottom: "b" top: "b1" param { name: "sh" } }
+    layer { name: "sum" type: "Eltwise" bottom: "a1" bottom: "b1" top: "y" }"""
+    net = Net.from_string(text)
+    a, b = torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    y = net(a=a, b=b)["y"]
+    p = net.params["s1"][0]
+    (g,) = torch.autograd.grad(y.sum(), [p])  # an ordinary autograd gradient
+    torch.testing.assert_close(g, a.sum((0, 2, 3)))  # only the first sharer's contribution
+    # batch 2 (outer_dim 2): Caffe accumulates over both sharers
+    y = net(a=torch.cat([a, a]), b=torch.cat([b, b]))["y"]
+    (g,) = torch.autograd.grad(y.sum(), [p])
+    torch.testing.assert_close(g, 2 * (a + b).sum((0, 2, 3)))
+    # a one-element vector scale takes Caffe's accumulating branch even at batch 1
+    one = text.replace("dim: 3", "dim: 1")
+    net = Net.from_string(one)
+    a1, b1 = a[:, :1], b[:, :1]
+    y = net(a=a1, b=b1)["y"]
+    (g,) = torch.autograd.grad(y.sum(), [net.params["s1"][0]])
+    torch.testing.assert_close(g, (a1 + b1).sum((0, 2, 3)))

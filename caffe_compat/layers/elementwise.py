@@ -18,9 +18,13 @@ Fork behaviours reproduced here:
   gradient ``sum(dy * x)``); only the bias, if any, is learnable, and its
   shape is ``bottom0.shape[axis : axis + bottom1.ndim]``.
 * Caffe's scale-parameter backward *overwrites* instead of accumulating when
-  the scale is a vector and ``outer_dim == 1``; this only matters for
-  gradient accumulation across shared params with ``lr_mult != 0`` (no
-  config has it) and the port accumulates, like every other layer.
+  the scale has as many elements as the bottom, or is a vector (more than one
+  element) with ``outer_dim == 1`` (e.g. batch 1).  Within one backward, of
+  several layers sharing the scale the first in net order writes last, so only
+  its gradient survives; the port reproduces this (the goldens record it: res
+  shares every BN-Scale across three input scales) by giving later sharers no
+  parameter gradient in those cases.  Across backward passes (Caffe's
+  ``iter_size``) PyTorch's ``.grad`` accumulates as usual.
 """
 from __future__ import annotations
 
@@ -31,7 +35,6 @@ import torch
 
 from ..errors import ShapeError
 from ..ops.eltwise import eltwise_max, eltwise_prod
-from ..ops.scale import scale_overwrite_grad
 from .base import Layer, register_layer
 from .shape_ops import canonical_axis
 
@@ -182,6 +185,8 @@ class ScaleLayer(_AxisBlobLayer):
             bias_num_axes = int(p.num_axes)
         else:
             bias_num_axes = len(self.bottom_shapes[1])
+        # The scale blob is shared under a param name that an earlier layer owns.
+        self._shared_from_earlier = not self.two_bottoms and 0 in ctx.shared_blobs
         self.bias_term = bool(p.bias_term)
         if self.bias_term:
             axis = self._axis_for(bias_num_axes, len(shape0))
@@ -199,12 +204,15 @@ class ScaleLayer(_AxisBlobLayer):
         axis = self._axis_for(s.dim(), x.dim())
         s_b = _broadcast_to(self, x, s, axis, "scale")
         outer = math.prod(x.shape[:axis])
-        if (not self.two_bottoms and s.requires_grad and torch.is_grad_enabled() and not x.is_meta
-                and ((s.dim() > 0 and outer == 1) or s.numel() == x.numel())):
-            # The fork overwrites (does not accumulate) this diff: see caffe_compat.ops.scale.
-            y = scale_overwrite_grad(x, s_b.detach(), s)
-        else:
-            y = x * s_b
+        if self._shared_from_earlier and (s.numel() == x.numel() or (outer == 1 and s.numel() > 1)):
+            # The fork's backward OVERWRITES this diff here (gemv with beta 0, or the product
+            # written straight into it) instead of adding to it: of several layers sharing the
+            # scale, the first in net order backpropagates last and its diff is the one that
+            # survives.  So a later sharer contributes no parameter gradient (its input
+            # gradient is unchanged).  The goldens record this (res: BN-Scale shared across
+            # the three input scales, batch 1).
+            s_b = s_b.detach()
+        y = x * s_b
         if bias is not None:
             y = y + _broadcast_to(self, x, bias, self._axis_for(bias.dim(), x.dim()), "bias")
         return (y,)

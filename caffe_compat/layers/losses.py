@@ -95,7 +95,7 @@ def _label_mask(layer: Layer, label: torch.Tensor, num_classes: int, ignore: Opt
     ok = (t >= 0) & (t < num_classes)
     bad = ~(ign | ok)
     if bool(bad.any()):
-        first = label[bad].reshape(-1)[0]
+        first = label.detach()[bad].reshape(-1)[0]
         n_bad = int(bad.sum())
         extra = "" if ignore is None else f" and not the ignore_label {ignore}"
         raise layer.error(f"{n_bad} label(s) outside [0, {num_classes}){extra}, e.g. {float(first)!r}", DataError)
