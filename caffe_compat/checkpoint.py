@@ -238,6 +238,8 @@ def read_checkpoint(path: PathLike) -> dict:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in msg:  # never relay torch's advice to load unsafely
+            msg = "it holds objects other than tensors and plain containers (refused: weights_only)"
         raise WeightsError(f"{p}: not a readable caffe_compat checkpoint{_describe_other_format(p)}: "
                            f"{type(e).__name__}: {msg}") from None
     validate_checkpoint(obj, str(p))

@@ -52,14 +52,30 @@ def substitute_templates(text: str, defines: Optional[Mapping[str, object]], sou
     missing = {}
     for m in _TEMPLATE.finditer(text):
         name = m.group(1)
-        if name not in defines and name not in missing:
+        if name not in defines and name not in missing and not _in_comment(text, m.start()):
             missing[name] = text.count("\n", 0, m.start()) + 1
     if missing:
         where = ", ".join(f"${{{n}}} (line {ln})" for n, ln in missing.items())
         raise TemplateError(
             f"{source}: template variable(s) without a value: {where}. "
             f"Give them with defines={{...}} (CLI: --define NAME=VALUE).")
-    return _TEMPLATE.sub(lambda m: str(defines[m.group(1)]), text)
+    # An undefined variable inside a # comment is left as it is (comments are ignored anyway).
+    return _TEMPLATE.sub(lambda m: str(defines[m.group(1)]) if m.group(1) in defines else m.group(0), text)
+
+
+def _in_comment(text: str, pos: int) -> bool:
+    """Whether ``pos`` is inside a ``#`` comment (a ``#`` outside quotes earlier on its line)."""
+    line_start = text.rfind("\n", 0, pos) + 1
+    quote = None
+    for ch in text[line_start:pos]:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return True
+    return False
 
 
 def _parse_text(text: str, message, source: str):

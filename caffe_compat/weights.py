@@ -80,14 +80,19 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def describe(self) -> str:
+    def describe(self, limit: int = 10) -> str:
+        """Mismatches first, each list cut after ``limit`` entries (``None``: all)."""
+        def cut(items, sep):
+            shown = items if limit is None else items[:limit]
+            more = len(items) - len(shown)
+            return sep.join(shown) + (f"{sep}... and {more} more" if more else "")
         parts = []
-        if self.missing:
-            parts.append(f"missing in file (kept their filler values): {', '.join(self.missing)}")
-        if self.unexpected:
-            parts.append(f"in file but not in the net: {', '.join(self.unexpected)}")
         if self.mismatched:
-            parts.append("mismatched: " + "; ".join(self.mismatched))
+            parts.append("mismatched: " + cut(self.mismatched, "; "))
+        if self.missing:
+            parts.append(f"missing in file (kept their filler values): {cut(self.missing, ', ')}")
+        if self.unexpected:
+            parts.append(f"in file but not in the net: {cut(self.unexpected, ', ')}")
         return "\n".join(parts) or "all layers loaded"
 
 

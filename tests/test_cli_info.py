@@ -91,3 +91,14 @@ def test_bad_device_and_shard_are_clear_errors(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "0")
     assert main(["test", "x.prototxt", "w.caffemodel"]) == 2
     assert "WORLD_SIZE" in caplog.text
+
+
+def test_verbose_after_the_command_and_non_integer_rank(tmp_path, caplog, monkeypatch):
+    p = tmp_path / "net.prototxt"
+    p.write_text(SMALL)
+    assert main(["info", str(p), "-D", "SIZE=5", "-v"]) == 0
+    monkeypatch.setenv("RANK", "x")
+    assert main(["test", "x.prototxt", "w.caffemodel"]) == 2
+    assert "RANK / WORLD_SIZE must be integers" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["test", "x.prototxt", "w.caffemodel", "--workers", "-1"])

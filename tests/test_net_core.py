@@ -337,3 +337,11 @@ def test_shared_scale_gradient_is_the_first_sharers_at_batch_1_and_autograd_visi
     y = net(a=a1, b=b1)["y"]
     (g,) = torch.autograd.grad(y.sum(), [net.params["s1"][0]])
     torch.testing.assert_close(g, (a1 + b1).sum((0, 2, 3)))
+
+
+def test_template_variables_in_comments_need_no_value():
+    text = SMALL.replace('name: "small"', 'name: "small"  # data from ${DATA_ROOT}, "#" quoted: ${X}')
+    net = Net.from_string(text)
+    assert net.name == "small"
+    with pytest.raises(TemplateError, match="NOUT"):
+        Net.from_string(text.replace("num_output: 4", 'num_output: ${NOUT} # ${Y}'))

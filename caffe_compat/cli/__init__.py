@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    for p in sub.choices.values():  # -v also after the command name
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more logging: -v for progress details, -vv for debug")
     return parser
 
 

@@ -112,9 +112,10 @@ def prepare_image(path, channels: int, size: Optional[Tuple[int, int]], mean: Se
     if channels not in (1, 3):
         raise DataError(f"the net input has {channels} channels; run feeds 3-channel (BGR) or 1-channel "
                         f"(grey) images (give other inputs with --feed NAME=FILE.npy)")
-    mean = list(mean)
+    mean = list(DEFAULT_MEAN if channels == 3 else (0.0,)) if mean is None else list(mean)
     if len(mean) not in (1, channels):
-        raise DataError(f"--mean needs 1 or {channels} values, got {len(mean)}")
+        want = "1 value (grey input)" if channels == 1 else f"1 or {channels} values"
+        raise DataError(f"--mean needs {want}, got {len(mean)}")
     pixels = read_image(str(path), is_color=channels == 3)
     mvals = mean_values_for(mean, channels) if any(m != 0 for m in mean) else None
     h, w = pixels.shape[:2]
@@ -311,8 +312,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the outputs (created)")
     p.add_argument("--blobs", default=None, metavar="B1,B2",
                    help="blobs to save (default: the net outputs)")
-    p.add_argument("--mean", default=",".join(str(m) for m in DEFAULT_MEAN), metavar="B,G,R",
-                   help="mean subtracted per channel, BGR order, 1 or C values (default %(default)s; 0: none)")
+    p.add_argument("--mean", default=None, metavar="B,G,R",
+                   help="mean subtracted per channel, BGR order, 1 or C values (default: "
+                        + ",".join(str(m) for m in DEFAULT_MEAN) + " for 3-channel inputs, 0 for grey; 0: none)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplier after mean subtraction (default 1)")
     p.add_argument("--input-name", default=None, metavar="NAME",
                    help="net input that takes the image (default: 'data', or the only input)")
@@ -344,7 +346,7 @@ def run(args) -> int:
         feeds[k.strip()] = v
     embeddings = [e.strip() for item in args.embedding for e in item.split(",") if e.strip()]
     blobs = [b.strip() for b in args.blobs.split(",") if b.strip()] if args.blobs else None
-    mean = parse_floats(args.mean, "--mean")
+    mean = None if args.mean is None else parse_floats(args.mean, "--mean")
     net = open_net(args.net, args.weights, phase=args.phase, defines=parse_defines(args.define), device=device)
     written = run_image(net, args.image, args.out, blobs=blobs, mean=mean, scale=args.scale,
                         input_name=args.input_name, feeds=feeds, embeddings=embeddings, fit=not args.no_fit)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import List
 
@@ -44,9 +45,19 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="override the MatWrite prefix: a folder, created if missing (with several "
                                   "MatWrite layers, one subfolder per layer name)")
     p.add_argument("--ids", help="override the MatWrite id list (mat_write_param.source)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: load in-process)")
+    p.add_argument("--workers", type=_non_negative, default=2, help="DataLoader worker processes (0: load in-process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_test)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return n
 
 
 class _Batches(Dataset):
@@ -70,7 +81,11 @@ class _Batches(Dataset):
 
 
 def _rank_world():
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise CaffeCompatError(f"RANK / WORLD_SIZE must be integers, got RANK={os.environ.get('RANK')!r} "
+                               f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}") from None
 
 
 def run_test(args: argparse.Namespace) -> int:
@@ -120,17 +135,22 @@ def run_test(args: argparse.Namespace) -> int:
     mine = [i for i in range(iterations) if i % world == rank]
 
     def done(i: int) -> bool:
+        """Nothing left to do for iteration i: all its MatWrite files exist, or it writes none."""
         if not writers:
             return False
         files = [w.filename(i, b) for w in writers if i % w.period == 0
                  for b in range(len(net.bottom_names[_index(net, w)]))]
-        return bool(files) and all(os.path.exists(f) for f in files)
+        return all(os.path.exists(f) for f in files)
 
+    if not writers and not net.outputs:
+        log.warning("%s has neither MatWrite layers nor outputs: `test` will compute nothing visible",
+                    args.prototxt)
     todo = [i for i in mine if not done(i)]
     skipped = len(mine) - len(todo)
     if skipped:
         log.info("%d of %d iterations already have their features: skipped", skipped, len(mine))
     loader = DataLoader(_Batches(data, todo), batch_size=None, shuffle=False, num_workers=max(args.workers, 0))
+    sums = {}
     with torch.no_grad():
         for i, tops in tqdm(loader, total=len(todo), disable=args.no_progress or not todo,
                             desc=f"test rank {rank}/{world}" if world > 1 else "test", unit="it"):
@@ -139,8 +159,19 @@ def run_test(args: argparse.Namespace) -> int:
             data.feed(tops)
             for w in writers:
                 w.iter = i
-            net.forward()
+            outputs = net.forward()
+            for name, v in outputs.items():  # caffe test's per-output scores
+                v = v.detach().double().reshape(-1).cpu()
+                sums[name] = v if name not in sums else sums[name] + v
     log.info("ran %d iterations (%d skipped) of %s", len(todo), skipped, args.prototxt)
+    if sums:  # as caffe test: the mean over the iterations of every element of every output
+        lines = []
+        for name, total in sums.items():
+            mean = total / len(todo)
+            vals = mean.tolist() if mean.numel() <= 16 else [float(mean.mean())]
+            suffix = "" if mean.numel() <= 16 else f" (mean of {mean.numel()} elements)"
+            lines += [f"{name} = {v:.6g}{suffix}" for v in vals]
+        sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
