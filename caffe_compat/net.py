@@ -154,7 +154,7 @@ class Net(nn.Module):
         src = self.source
         self.input_shapes: "OrderedDict[str, Tuple[int, ...]]" = self._net_level_inputs()
         shapes: "OrderedDict[str, Tuple[int, ...]]" = OrderedDict(self.input_shapes)
-        available = list(shapes)            # Caffe's available_blobs, in insertion order
+        available = list(shapes)            # Caffe's available_blobs (the outputs at the end)
         self.layers = nn.ModuleList()
         self.layer_names: List[str] = []
         self.layer_types: List[str] = []
@@ -214,8 +214,8 @@ class Net(nn.Module):
                     raise NetError(f"{where}: lists {len(tops)} tops but produces {len(outs)}")
                 while len(tops) < len(outs):   # Caffe's AutoTopBlobs (all named "(automatic)" there)
                     auto_count += 1
-                    auto_names.add("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
                     tops.append("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
+                    auto_names.add(tops[-1])
                 top_shapes = [check_shape(o.shape, f"{where}: top '{t}'") for t, o in zip(tops, outs)]
             for i, t in enumerate(tops):
                 in_place = i < len(lp.bottom) and lp.bottom[i] == t
@@ -293,8 +293,7 @@ class Net(nn.Module):
                         if key == "lr_mult":
                             p_owner.requires_grad_(val != 0 or self.force_backward)
                 layer.blobs[i] = p_owner
-                specs.append({"name": name, "owner": (o_idx, o_blob), **{k: owner_spec[k] for k in (
-                    "lr_mult", "decay_mult", "lr_mult_set", "decay_mult_set")}})
+                specs.append({"name": name, "owner": (o_idx, o_blob)})  # multipliers: filled in _build
                 continue
             rec = {"name": name, "owner": None,
                    "lr_mult": 1.0 if lr is None else float(lr), "lr_mult_set": lr is not None,

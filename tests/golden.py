@@ -1,4 +1,4 @@
-"""Helpers shared by the golden tests: load a golden npz case, run it through a Net, compare.
+"""Helpers shared by the golden tests (the fork's outputs in ../shared/reference/golden): load a case, run it, compare.
 
 Relative error of an array ``a`` against the golden ``b`` is
 ``max|a - b| / max(max|b|, 1e-30)`` (0 when both are all zero).
