@@ -32,30 +32,34 @@ CPU code used ``sign(0) = -1``).  This is the true derivative of the forward
 wherever it is differentiable (constants ``FLT_MAX/100`` and out-of-image
 neighbours have zero derivative), and the L1 subgradient 0 at ties.
 
+Implementation: this module is a thin wrapper; the distance forward and
+backward are the ones of :mod:`caffe_compat.ops.norm_conv`
+(:func:`~caffe_compat.ops.norm_conv.window_distances`,
+:func:`~caffe_compat.ops.norm_conv.window_distances_backward`), shared with
+NormConv / NormConvMeanfield so that both layers compute identical distances.
+
 Memory: the fork kept the ``(N, E*K, Ho, Wo)`` signed-difference tensor for
-backward.  This implementation never materialises it: it processes the
-embedding channels in chunks (``unfold`` of a few channels at a time, bounded
-by :data:`CHUNK_ELEMENTS` elements), accumulates into the output, saves only
-the input for backward and recomputes the differences there.  Peak extra
-memory is about two output-sized buffers.
+backward.  This implementation never materialises it: each ``±`` pair of
+offsets is computed once on the image grid, a chunk of embedding channels at a
+time (bounded by :data:`CHUNK_ELEMENTS` elements), accumulated sequentially over
+channels; only the input is saved for backward, which recomputes the
+differences one offset pair at a time (``N*E*H*W`` extra).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..errors import LayerConfigError, ShapeError
-from .im2col import centre_tap, output_size, unfold_args, window_masks
+from .im2col import output_size
+from .norm_conv import FLT_MAX_OVER_100, L1, L2, window_distances, window_distances_backward
 
 __all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "im2dist", "im2dist_forward", "im2dist_backward",
            "Im2distFunction", "parse_norm"]
 
-#: ``FLT_MAX/100`` computed in float32 as the fork does (3.4028235e36); used
-#: for removed centre / out-of-bounds entries in every dtype.
-FLT_MAX_OVER_100 = float(torch.tensor(torch.finfo(torch.float32).max, dtype=torch.float32) / 100)
-
-#: Upper bound on the elements of one ``unfold`` chunk (per chunk of channels).
+#: Upper bound on the elements of one channel chunk of differences (read at call
+#: time; ``FLT_MAX_OVER_100`` is ``FLT_MAX/100`` computed in float32 as the fork does,
+#: 3.4028235e36, used for removed centre / out-of-bounds entries in every dtype).
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -78,55 +82,13 @@ def _check_input(x: torch.Tensor, geometry, what: str = "im2dist"):
     return n, e, h, w, ho, wo
 
 
-def _chunks(n: int, e: int, k: int, l: int):
-    step = max(1, CHUNK_ELEMENTS // max(1, n * k * l))
-    for s in range(0, e, step):
-        yield s, min(e, s + step)
-
-
-def _neighbour_minus_centre(x, s, t, n, k, ho, wo, kc, args):
-    """``neighbour - centre`` of channels ``s:t``: ``(N, t-s, K, Ho, Wo)``.
-
-    This is exactly ``-(centre - neighbour)`` (IEEE subtraction is
-    sign-symmetric), the negated difference the fork stores.  Out-of-image
-    neighbours read 0 here (unfold padding); callers mask them.
-    """
-    cols = F.unfold(x[:, s:t], **args).view(n, t - s, k, ho, wo)
-    centre = cols[:, :, kc:kc + 1].clone()
-    return cols.sub_(centre)
-
-
 def im2dist_forward(x: torch.Tensor, geometry, l1: bool, remove_center: bool = False,
                     remove_bounds: bool = False) -> torch.Tensor:
     """Forward values only (no autograd): ``(N, E, H, W) -> (N, K, Ho, Wo)``."""
-    n, e, h, w, ho, wo = _check_input(x, geometry)
-    k, kc = geometry.taps, centre_tap(geometry)
-    centre_in, nb_in = window_masks(h, w, geometry, x.device)
-    invalid = ~(nb_in & centre_in)  # (K, Ho, Wo)
-    top = x.new_zeros((n, k, ho, wo))
-    if x.numel():
-        args = unfold_args(geometry)
-        with torch.no_grad():
-            for s, t in _chunks(n, e, k, ho * wo):
-                nd = _neighbour_minus_centre(x.detach(), s, t, n, k, ho, wo, kc, args)
-                if l1:
-                    nd.abs_()
-                    for c in range(t - s):  # sequential over channels: the fork's summation order
-                        top += nd[:, c]
-                else:
-                    nd.mul_(nd)  # d*d (the sign of d does not matter)
-                    for c in range(t - s):
-                        # top + 0.5*(d*d): scaling by 0.5 is exact (barring subnormals), so
-                        # this equals the fork's float sum bit for bit, fused or not
-                        top.add_(nd[:, c], alpha=0.5)
-        # Entries with an out-of-image neighbour or centre were never accumulated in the
-        # fork (they stay 0); masking once at the end gives the same values.
-        top.masked_fill_(invalid, 0)
-    if remove_bounds:
-        top.masked_fill_(centre_in & ~nb_in, FLT_MAX_OVER_100)
-    if remove_center:
-        top[:, kc].masked_fill_(centre_in, FLT_MAX_OVER_100)
-    return top
+    _check_input(x, geometry)
+    with torch.no_grad():
+        return window_distances(x.detach(), geometry, L1 if l1 else L2, bool(remove_center),
+                                bool(remove_bounds), chunk_elements=CHUNK_ELEMENTS)
 
 
 def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool) -> torch.Tensor:
@@ -143,30 +105,13 @@ def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool
         out-of-image entries get no gradient either way.
     """
     n, e, h, w, ho, wo = _check_input(x, geometry)
-    k, kc = geometry.taps, centre_tap(geometry)
+    k = geometry.taps
     if tuple(grad_top.shape) != (n, k, ho, wo):
         raise ShapeError(f"im2dist backward: gradient shape {list(grad_top.shape)} does not match the "
                          f"output shape {[n, k, ho, wo]}")
-    dx = torch.zeros_like(x)
     if not x.numel():
-        return dx
-    centre_in, nb_in = window_masks(h, w, geometry, x.device)
-    skip = ~(nb_in & centre_in)
-    skip[kc] = True  # the centre never contributes to its own gradient
-    args = unfold_args(geometry)
-    # Skipped entries get a zero gradient once here instead of masking every chunk
-    # (differs from the fork only for non-finite embeddings: 0*inf = NaN).
-    g = grad_top.to(x.dtype).masked_fill(skip, 0)[:, None]  # (N, 1, K, Ho, Wo)
-    with torch.no_grad():
-        for s, t in _chunks(n, e, k, ho * wo):
-            coef = _neighbour_minus_centre(x.detach(), s, t, n, k, ho, wo, kc, args)  # = -d
-            if l1:
-                coef.sign_()  # sign(0) = 0: ties / out-of-image contribute nothing (GPU rule)
-            coef.mul_(g)  # what each neighbour receives: -s*g
-            centre_sum = coef.sum(dim=2).neg_()  # (N, t-s, Ho, Wo): what each centre receives
-            coef[:, :, kc] = centre_sum  # the centre tap slot (it was 0) carries the centre's share
-            dx[:, s:t] = F.fold(coef.view(n, (t - s) * k, ho * wo), output_size=(h, w), **args)
-    return dx
+        return torch.zeros_like(x)
+    return window_distances_backward(x, grad_top, geometry, L1 if l1 else L2)
 
 
 class Im2distFunction(torch.autograd.Function):

@@ -32,6 +32,8 @@ offsets come in ± pairs (odd kernels) each pair is computed once on the image
 grid, halving the dominant cost (66 feature channels x 169 taps in res/test).
 The inner loops are plain torch ops, so this runs on any device; a CUDA kernel
 may later replace :func:`_pair_distance_maps` / the tap loops behind the same API.
+The Im2dist layer (:mod:`caffe_compat.ops.im2dist`) uses the same distance
+forward (:func:`window_distances`) and backward (:func:`window_distances_backward`).
 
 Fork semantics reproduced (documented for users in ``docs/crf_semantics.md``):
 
@@ -80,6 +82,11 @@ FLT_MAX_OVER_100 = float(np.float32(np.finfo(np.float32).max) / np.float32(100))
 
 L1 = 1
 L2 = 2
+
+#: Upper bound on the elements of one channel chunk of pair differences in
+#: :func:`window_distances` (``caffe_compat.ops.im2dist.CHUNK_ELEMENTS`` is the
+#: Im2dist layer's, passed explicitly).
+CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -224,40 +231,71 @@ def _canonical(off: Tuple[int, int]) -> Tuple[Tuple[int, int], bool]:
     return (-dy, -dx), False
 
 
-def _pair_distance_maps(emb: torch.Tensor, offsets: Sequence[Tuple[int, int]], norm: int
-                        ) -> Dict[Tuple[int, int], torch.Tensor]:
+def _pair_keys(offsets: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The distinct canonical offsets of the non-centre taps, in tap order."""
+    keys: List[Tuple[int, int]] = []
+    for off in offsets:
+        if off != (0, 0):
+            key, _ = _canonical(off)
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _pair_distance_maps(emb: torch.Tensor, offsets: Sequence[Tuple[int, int]], norm: int,
+                        chunk_elements: Optional[int] = None) -> Dict[Tuple[int, int], torch.Tensor]:
     """For each canonical offset δ: ``E_δ[n, q] = dist(emb[n, :, q], emb[n, :, q+δ])`` on the image grid.
 
     ``E_δ`` is ``(N, H, W)``, zero where ``q`` or ``q+δ`` is outside the image.
-    Distances: L2 = ``0.5*sum_e d^2``, L1 = ``sum_e |d|`` with ``d = emb[q] - emb[q+δ]``.
+    Distances: L2 = ``0.5*sum_e d^2``, L1 = ``sum_e |d|`` with ``d = emb[q] - emb[q+δ]``,
+    accumulated in the input dtype in increasing ``e`` (the fork's order: the float32
+    values are bit-identical to the fork's Im2dist; ``d`` is exactly minus the fork's
+    ``centre - neighbour`` for the ``-δ`` tap, and ``|d|``, ``d*d`` ignore the sign).
+
+    Memory: the differences are formed one offset pair and one chunk of channels at a
+    time (``(N, c, h, w)`` with ``N*c*H*W <= chunk_elements`` unless ``c = 1``); the maps
+    themselves are ``P*N*H*W`` (about half the ``N*K*H*W`` distances).
     """
-    N, _, H, W = emb.shape
-    maps: Dict[Tuple[int, int], torch.Tensor] = {}
-    for off in offsets:
-        if off == (0, 0):
-            continue
-        key, _ = _canonical(off)
-        if key in maps:
-            continue
-        e = emb.new_zeros((N, H, W))
-        ov = _overlap(H, W, *key)
-        if ov is not None:
+    N, E, H, W = emb.shape
+    keys = _pair_keys(offsets)
+    acc = emb.new_zeros((len(keys), N, H, W))
+    if not (acc.numel() and E):
+        return {key: acc[p] for p, key in enumerate(keys)}
+    chunk = CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
+    step = max(1, min(E, chunk // (N * H * W)))
+    src = emb.detach()
+    with torch.no_grad():
+        for p, key in enumerate(keys):
+            ov = _overlap(H, W, *key)
+            if ov is None:
+                continue
             (ay, ax), (by, bx) = ov
-            d = emb[:, :, ay, ax] - emb[:, :, by, bx]
-            if norm == L2:
-                e[:, ay, ax] = d.square_().sum(1).mul_(0.5)
-            else:
-                e[:, ay, ax] = d.abs_().sum(1)
-        maps[key] = e
-    return maps
+            a = acc[p][:, ay, ax]
+            for s in range(0, E, step):
+                t = min(E, s + step)
+                d = src[:, s:t, ay, ax] - src[:, s:t, by, bx]
+                if norm == L2:
+                    d.mul_(d)
+                    for c in range(t - s):
+                        # a + 0.5*(d*d): scaling by 0.5 is exact (barring subnormals), so this
+                        # equals the fork's float sum bit for bit, fused or not
+                        a.add_(d[:, c], alpha=0.5)
+                else:
+                    d.abs_()
+                    for c in range(t - s):  # sequential over channels: the fork's summation order
+                        a.add_(d[:, c])
+    return {key: acc[p] for p, key in enumerate(keys)}
 
 
 def window_distances(emb: torch.Tensor, geom, norm: int = L2, remove_center: bool = False,
-                     remove_bounds: bool = False) -> torch.Tensor:
+                     remove_bounds: bool = False, chunk_elements: Optional[int] = None) -> torch.Tensor:
     """The fork's Im2dist: ``(N, E, H, W)`` features -> ``(N, K, Ho, Wo)`` distances (no grad).
 
     Tap ``k = i*kw + j``; values as described in the module docstring (removed
     entries ``FLT_MAX/100``, out-of-image neighbours 0, centre-outside columns 0).
+    The single implementation of the distance forward: :func:`caffe_compat.ops.im2dist.im2dist`
+    (the Im2dist layer) and :class:`NormConvMask` (NormConv, NormConvMeanfield) both use it.
+    ``chunk_elements`` bounds the channel chunks (default :data:`CHUNK_ELEMENTS`).
     """
     geom = _as_window(geom)
     N, _, H, W = emb.shape
@@ -266,7 +304,7 @@ def window_distances(emb: torch.Tensor, geom, norm: int = L2, remove_center: boo
     D = emb.new_zeros((N, K, plan.Ho, plan.Wo))
     if plan.centre_out is None:       # every centre outside: all distances 0
         return D
-    maps = _pair_distance_maps(emb, plan.offsets, norm)
+    maps = _pair_distance_maps(emb, plan.offsets, norm, chunk_elements)
     for k, off in enumerate(plan.offsets):
         if off == (0, 0) or plan.out_sl[k] is None:
             continue
@@ -291,42 +329,55 @@ def window_distances(emb: torch.Tensor, geom, norm: int = L2, remove_center: boo
     return D
 
 
-def _dist_backward(emb: torch.Tensor, dD: torch.Tensor, geom: Window, norm: int) -> torch.Tensor:
-    """Im2dist backward: ``dD (N, K, Ho, Wo)`` -> ``demb (N, E, H, W)``.
+def window_distances_backward(emb: torch.Tensor, dD: torch.Tensor, geom, norm: int = L2) -> torch.Tensor:
+    """Im2dist backward: ``dD (N, K, Ho, Wo)`` -> ``demb (N, E, H, W)`` (no grad).
 
-    Only entries whose centre and neighbour are both inside (and distinct)
-    contribute; L1 uses sign(0) = 0.
+    The single implementation of the distance backward (used by
+    :func:`caffe_compat.ops.im2dist.im2dist` and :class:`NormConvMask`).  For every
+    entry whose centre and neighbour are both inside and distinct, per channel
+    ``demb[centre] += s*g`` and ``demb[neighbour] -= s*g`` with ``g = dD``,
+    ``s = d`` (L2) or ``sign(d)`` with ``sign(0) = 0`` (L1, the fork's GPU rule),
+    ``d = emb[centre] - emb[neighbour]``.  Removed, out-of-image and
+    centre-outside entries get no gradient (they are constants).  Peak extra
+    memory: one ``(N, E, H, W)`` difference buffer per offset pair.
     """
+    geom = _as_window(geom)
     N, E, H, W = emb.shape
     plan = _plan(geom, H, W)
     demb = torch.zeros_like(emb)
     if plan.centre_out is None:
         return demb
-    # Group taps by canonical offset; coefficient map C_δ(q) on the image grid collects
-    # dD of the +δ tap (centre q) and of the -δ tap (centre q+δ, neighbour q).
-    coeffs: Dict[Tuple[int, int], torch.Tensor] = {}
-    for k, off in enumerate(plan.offsets):
-        if off == (0, 0) or plan.out_sl[k] is None:
-            continue
-        key, positive = _canonical(off)
-        src = plan.centre_out if positive else plan.out_sl[k]
-        dst = plan.centre_in if positive else plan.in_sl[k]
-        c = coeffs.get(key)
-        if c is None:
-            c = coeffs[key] = dD.new_zeros((N, H, W))
-        c[:, dst[0], dst[1]] += dD[:, k, src[0], src[1]]
-    for key, c in coeffs.items():
-        ov = _overlap(H, W, *key)
-        if ov is None:
-            continue
-        (ay, ax), (by, bx) = ov
-        d = emb[:, :, ay, ax] - emb[:, :, by, bx]
-        if norm == L1:
-            d = torch.sign(d)
-        t = d.mul_(c[:, None, ay, ax])
-        demb[:, :, ay, ax] += t
-        demb[:, :, by, bx] -= t
+    emb, dD = emb.detach(), dD.detach().to(emb.dtype)
+    with torch.no_grad():
+        # Group taps by canonical offset; coefficient map C_δ(q) on the image grid collects
+        # dD of the +δ tap (centre q) and of the -δ tap (centre q+δ, neighbour q).
+        coeffs: Dict[Tuple[int, int], torch.Tensor] = {}
+        for k, off in enumerate(plan.offsets):
+            if off == (0, 0) or plan.out_sl[k] is None:
+                continue
+            key, positive = _canonical(off)
+            src = plan.centre_out if positive else plan.out_sl[k]
+            dst = plan.centre_in if positive else plan.in_sl[k]
+            c = coeffs.get(key)
+            if c is None:
+                c = coeffs[key] = dD.new_zeros((N, H, W))
+            c[:, dst[0], dst[1]] += dD[:, k, src[0], src[1]]
+        for key, c in coeffs.items():
+            ov = _overlap(H, W, *key)
+            if ov is None:
+                continue
+            (ay, ax), (by, bx) = ov
+            d = emb[:, :, ay, ax] - emb[:, :, by, bx]
+            if norm == L1:
+                d.sign_()
+            t = d.mul_(c[:, None, ay, ax])
+            demb[:, :, ay, ax] += t
+            demb[:, :, by, bx] -= t
     return demb
+
+
+#: Former private name (kept for existing imports).
+_dist_backward = window_distances_backward
 
 
 # ---------------------------------------------------------------------------
@@ -374,7 +425,7 @@ class NormConvMask(torch.autograd.Function):
             dscale = (-(dZ * (D - ref)).sum()).reshape(scale.shape).to(scale.dtype)
         if need_emb:
             dD = dZ * (-scale.reshape(()).to(dZ.dtype)) if ctx.has_scale else dZ
-            demb = _dist_backward(emb, dD, ctx.geom, ctx.norm)
+            demb = window_distances_backward(emb, dD, ctx.geom, ctx.norm)
         return demb, dscale, None, None, None, None
 
 
@@ -516,5 +567,6 @@ def norm_conv(img: torch.Tensor, emb: torch.Tensor, weight: Optional[torch.Tenso
     return y
 
 
-__all__ = ["FLT_MAX_OVER_100", "L1", "L2", "Window", "output_size", "window_distances", "NormConvMask",
+__all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "L1", "L2", "Window", "output_size", "window_distances",
+           "window_distances_backward", "NormConvMask",
            "normconv_mask", "MaskedWindowSum", "masked_window_sum", "norm_conv"]
