@@ -43,7 +43,7 @@ import torch
 
 from ..errors import NotSupportedError, ShapeError
 from ..ops.meanfield import MeanfieldKernel, normconv_meanfield
-from ..ops.norm_conv import L1, L2, Window, normconv_mask, masked_window_sum, output_size
+from ..ops.norm_conv import L1, L2, Window, normconv_mask, masked_window_sum
 from ._common import check_4d, positive_int
 from .base import Layer, check_shape, register_layer
 from .geometry import parse_conv_geometry
@@ -76,8 +76,7 @@ class NormConvLayer(Layer):
             raise self.error("convolution_param.bottom_is_im2col is not supported by NormConv (the fork still "
                              "im2cols the image and only changes the output shape, which is inconsistent)",
                              NotSupportedError)
-        geom = parse_conv_geometry(cp, self.error)
-        self.geom = Window(geom.kernel, geom.stride, geom.pad, geom.dilation)
+        self.geom = parse_conv_geometry(cp, self.error)
         self.num_output = positive_int(self, cp.num_output, "convolution_param.num_output")
         self.group = positive_int(self, cp.group, "convolution_param.group")
         self.channels = self.bottom_shapes[0][1]
@@ -112,7 +111,7 @@ class NormConvLayer(Layer):
         if img[0] != emb[0] or tuple(img[2:]) != tuple(emb[2:]):
             raise self.error(f"image {list(img)} and embedding {list(emb)} must have the same N, H and W",
                              ShapeError)
-        ho, wo = output_size(self.geom, img[2], img[3])
+        ho, wo = self.geom.output_size(img[2], img[3])
         if ho <= 0 or wo <= 0:
             raise self.error(f"kernel {list(self.geom.kernel)} (dilation {list(self.geom.dilation)}, pad "
                              f"{list(self.geom.pad)}) does not fit the {img[2]}x{img[3]} input", ShapeError)
@@ -121,7 +120,7 @@ class NormConvLayer(Layer):
     def forward(self, img, emb):
         self._check_bottoms([tuple(img.shape), tuple(emb.shape)])
         if img.is_meta or emb.is_meta:      # shape pass: nothing to compute
-            ho, wo = output_size(self.geom, img.shape[2], img.shape[3])
+            ho, wo = self.geom.output_size(img.shape[2], img.shape[3])
             return (img.new_empty((img.shape[0], self.num_output, ho, wo)),)
         weight = self.blobs[0].to(img.dtype)
         scale = self.blobs[self.scale_index] if self.scale_term else None
@@ -210,7 +209,7 @@ class NormConvMeanfieldLayer(Layer):
                                  f"{list(u)}", ShapeError)
         H, W = u[2], u[3]
         for name, kern in (("bilateral (entry 0)", self.bilateral), ("spatial (entry 1)", self.spatial)):
-            out = output_size(kern.window, H, W)
+            out = kern.window.output_size(H, W)
             if out != (H, W):
                 w = kern.window
                 raise self.error(

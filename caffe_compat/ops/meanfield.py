@@ -38,7 +38,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import ShapeError
-from .norm_conv import L2, Window, masked_window_sum, normconv_mask, output_size
+from .norm_conv import L2, Window, masked_window_sum, normconv_mask
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def normconv_meanfield(unary: torch.Tensor, q0: torch.Tensor, bilateral_features
     N, C, H, W = unary.shape
     dtype, dev = unary.dtype, unary.device
     for name, kern in (("bilateral", bilateral), ("spatial", spatial)):
-        if output_size(kern.window, H, W) != (H, W):
-            raise ShapeError(f"{name} kernel maps {H}x{W} to {output_size(kern.window, H, W)}, not {H}x{W}")
+        if kern.window.output_size(H, W) != (H, W):
+            raise ShapeError(f"{name} kernel maps {H}x{W} to {kern.window.output_size(H, W)}, not {H}x{W}")
     wg = w_spatial.reshape(C, C).to(dtype)
     wb = w_bilateral.reshape(C, C).to(dtype)
     kc = compatibility.reshape(C, C).to(dtype)

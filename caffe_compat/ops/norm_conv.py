@@ -76,6 +76,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..layers.geometry import ConvGeometry
+
 #: Caffe's ``FLT_MAX/100`` (computed in float32 as the fork does): the distance
 #: given to removed taps.  The same value is used in float64.
 FLT_MAX_OVER_100 = float(np.float32(np.finfo(np.float32).max) / np.float32(100))
@@ -89,43 +91,13 @@ L2 = 2
 CHUNK_ELEMENTS = 1 << 22
 
 
-@dataclass(frozen=True)
-class Window:
-    """Window geometry of a NormConv, each entry ``(h, w)`` in pixels.
-
-    Same meaning as Caffe's ``ConvolutionParameter`` (and
-    :class:`caffe_compat.layers.geometry.ConvGeometry`, which can be passed
-    instead): tap ``(i, j)`` of output ``(y, x)`` reads image pixel
-    ``(y*stride_h - pad_h + i*dilation_h, x*stride_w - pad_w + j*dilation_w)``;
-    the window centre is tap ``(kh//2, kw//2)``.  Unlike ConvGeometry, dilation
-    0 is allowed (NormConvMeanfield's default: every tap reads the same pixel).
-    """
-
-    kernel: Tuple[int, int]
-    stride: Tuple[int, int] = (1, 1)
-    pad: Tuple[int, int] = (0, 0)
-    dilation: Tuple[int, int] = (1, 1)
-
-    @property
-    def taps(self) -> int:
-        return self.kernel[0] * self.kernel[1]
-
-    def output_size(self, h: int, w: int) -> Tuple[int, int]:
-        return output_size(self, h, w)
-
-
-def output_size(geom, h: int, w: int) -> Tuple[int, int]:
-    """Caffe's output size ``(in + 2*pad - (dilation*(k-1)+1)) // stride + 1``.
-
-    Returns a non-positive value (not clipped) where the window does not fit,
-    so callers can report it.
-    """
-    out = []
-    for n, k, s, p, d in zip((h, w), geom.kernel, geom.stride, geom.pad, geom.dilation):
-        ext = d * (k - 1) + 1
-        num = n + 2 * p - ext
-        out.append(num // s + 1 if num >= 0 else -1)
-    return out[0], out[1]
+#: The window geometry (kernel, stride, pad, dilation, each ``(h, w)`` in pixels): tap
+#: ``(i, j)`` of output ``(y, x)`` reads image pixel ``(y*stride_h - pad_h + i*dilation_h,
+#: x*stride_w - pad_w + j*dilation_w)``; the centre is tap ``(kh//2, kw//2)``.  The same type
+#: as the layers' convolution geometry; here dilation 0 is allowed (NormConvMeanfield's
+#: default: every tap reads the same pixel).  ``output_size`` gives 0 where the window
+#: does not fit.
+Window = ConvGeometry
 
 
 def _as_window(geom) -> Window:
@@ -174,7 +146,7 @@ class _Plan:
 
 def _plan(geom: Window, H: int, W: int) -> _Plan:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geom.kernel, geom.stride, geom.pad, geom.dilation
-    Ho, Wo = output_size(geom, H, W)
+    Ho, Wo = geom.output_size(H, W)
     ci, cj = kh // 2, kw // 2
 
     def rect(oy, ox):
@@ -445,7 +417,7 @@ def normconv_mask(emb: torch.Tensor, scale: Optional[torch.Tensor], geom, norm: 
     """
     geom = _as_window(geom)
     N, _, H, W = emb.shape
-    Ho, Wo = output_size(geom, H, W)
+    Ho, Wo = geom.output_size(H, W)
     if emb.is_meta or (scale is not None and scale.is_meta):
         return emb.new_empty((N, geom.taps, max(Ho, 0), max(Wo, 0)), device="meta")
     return NormConvMask.apply(emb, scale, geom, int(norm), bool(remove_center), bool(remove_bounds))
@@ -545,7 +517,7 @@ def masked_window_sum(img: torch.Tensor, A: torch.Tensor, geom, weight: Optional
     """
     geom = _as_window(geom)
     N, C, H, W = img.shape
-    Ho, Wo = output_size(geom, H, W)
+    Ho, Wo = geom.output_size(H, W)
     O = C if weight is None else weight.shape[0]
     if img.is_meta or A.is_meta or (weight is not None and weight.is_meta):
         return img.new_empty((N, O, max(Ho, 0), max(Wo, 0)), device="meta")
@@ -567,6 +539,6 @@ def norm_conv(img: torch.Tensor, emb: torch.Tensor, weight: Optional[torch.Tenso
     return y
 
 
-__all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "L1", "L2", "Window", "output_size", "window_distances",
+__all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "L1", "L2", "Window", "window_distances",
            "window_distances_backward", "NormConvMask",
            "normconv_mask", "MaskedWindowSum", "masked_window_sum", "norm_conv"]
