@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from caffe_compat import schema
 from caffe_compat.errors import DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
 from caffe_compat.layers import BuildContext, get_layer_class, shape_only
-from caffe_compat.layers.data import DummyDataLayer
+from caffe_compat.layers.inputs import DummyDataLayer
 from caffe_compat.pipeline import images as I
 from caffe_compat.pipeline import lists as L
 from caffe_compat.pipeline import matio as M
