@@ -27,15 +27,17 @@ import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint as _ckpt
 from . import prototxt as _pt
 from . import schema
 from . import memory as _mem
+from . import weights as _weights
 from .errors import (CaffeCompatError, DataError, LayerConfigError, LayerRuntimeError, MemoryBudgetError, NetError,
                      NotSupportedError, ShapeError)
 from .layers import BuildContext, get_layer_class, shape_only
@@ -213,9 +215,8 @@ class Net(nn.Module):
             except Exception as e:
                 raise _reraise_named(e, where, "building the layer", LayerConfigError) from e
             idx = len(self.layers)
-            feeds = getattr(layer, "feeds_net_inputs", False)
             tops = list(lp.top)
-            if feeds:
+            if layer.feeds_net_inputs:
                 top_shapes = [check_shape(s, f"{where}: top '{t}'") for t, s in
                               zip(tops, layer.input_shapes_for(len(tops)))]
                 for t, s in zip(tops, top_shapes):
@@ -270,13 +271,10 @@ class Net(nn.Module):
         self.outputs: List[str] = sorted(available)  # Caffe: a std::set, i.e. sorted by name
         self.blob_shapes: "OrderedDict[str, Tuple[int, ...]]" = shapes
         self.blobs: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        self._input_layers = {i for i, l in enumerate(self.layers) if getattr(l, "feeds_net_inputs", False)}
         # Layers that care which of their tops are net outputs (the fork zeroes element 0 of
         # every net output before each forward, which sticks for never-refilled tops).
         for layer, tnames in zip(self.layers, self.top_names):
-            hook = getattr(layer, "set_net_outputs", None)
-            if hook is not None:
-                hook([i for i, t in enumerate(tnames) if t in self.outputs])
+            layer.set_net_outputs([i for i, t in enumerate(tnames) if t in self.outputs])
         log.debug("built net %r: %d layers, %d blobs", self.name, len(self.layers), len(shapes))
 
     def _setup_params(self, layer, lp, idx: int, owners) -> None:
@@ -356,7 +354,9 @@ class Net(nn.Module):
         except ValueError:
             raise NetError(f"{self.source}: no layer named '{name}'") from None
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """Where the net's parameters (or, without any, its buffers) live; CPU for a net without either."""
         for t in self.parameters():
             return t.device
         for t in self.buffers():
@@ -402,7 +402,7 @@ class Net(nn.Module):
             itemsize = self.dtype.itemsize
             plan = []   # (layer index, bytes of its new tops)
             for i, (bnames, tnames) in enumerate(zip(self.bottom_names, self.top_names)):
-                if i in self._input_layers:
+                if self.layers[i].feeds_net_inputs:
                     continue
                 n = sum(_mem.nbytes(shapes[t], itemsize) for j, t in enumerate(tnames)
                         if not (j < len(bnames) and bnames[j] == t))   # in-place tops reuse the bottom
@@ -435,7 +435,7 @@ class Net(nn.Module):
         missing = [k for k in self.inputs if k not in inputs]
         if missing:
             raise NetError(f"{self.source}: missing input(s) {missing}")
-        device = self._device()
+        device = self.device
         if device.type == "meta":
             raise NetError(f"{self.source}: the net was built on the meta device (shapes only); "
                            f"use infer_shapes(), or build it on a real device to run it")
@@ -449,25 +449,7 @@ class Net(nn.Module):
             blobs[k] = self._input_leaves[k] = x
         if not torch.compiler.is_compiling():
             self._check_forward_memory(blobs)
-        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
-            if i in self._input_layers:
-                continue
-            try:
-                tops = layer(*[blobs[b] for b in bnames])
-            except CaffeCompatError:
-                raise
-            except Exception as e:
-                raise _reraise_named(e, f"{self.source}: layer '{self.layer_names[i]}' ({self.layer_types[i]})",
-                                     "forward") from e
-            if isinstance(tops, torch.Tensor):
-                tops = (tops,)
-            if len(tops) != len(tnames):
-                raise NetError(f"{self.source}: layer '{self.layer_names[i]}' returned {len(tops)} tops, "
-                               f"expected {len(tnames)}")
-            for t, v in zip(tnames, tops):
-                if not bnames and v.device != device:
-                    v = v.to(device)
-                blobs[t] = v
+        self.run_layers(blobs, device=device, failing="forward")
         self.blobs = blobs
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
@@ -475,6 +457,57 @@ class Net(nn.Module):
             term = w * blobs[t].sum()
             self.loss = term if self.loss is None else self.loss + term
         return OrderedDict((k, blobs[k]) for k in self.outputs)
+
+    def run_layers(self, blobs: Dict[str, torch.Tensor], *, device: Optional[torch.device] = None,
+                   call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None,
+                   failing: Optional[str] = None, failing_error: type = LayerRuntimeError
+                   ) -> Dict[str, torch.Tensor]:
+        """Run every computing layer in net order: the one loop of :meth:`forward`,
+        :meth:`infer_shapes` and exported programs (:mod:`caffe_compat.export`).
+
+        Args:
+            blobs: ``blob name -> tensor`` holding (at least) the net inputs;
+                each layer's tops are written into it (an in-place layer
+                overwrites its bottom's entry).  No input checks are made here.
+            device: tops of layers without bottoms (DummyData, data readers) are
+                moved there; ``None`` moves nothing.
+            call: ``call(layer, bottoms) -> tops`` instead of ``layer(*bottoms)``
+                (the shape pass runs layers on meta tensors this way).
+            on_layer: called with each layer's index before it runs.
+            failing: what the loop does (e.g. ``"forward"``); when given, an error of a
+                layer that is not a CaffeCompatError is re-raised as ``failing_error``
+                naming the layer and its type (the original chained), a lack of
+                memory as :class:`MemoryBudgetError`.
+
+        Layers that only declare net inputs (``feeds_net_inputs``) are skipped.
+        Returns ``blobs``.
+        """
+        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
+            if layer.feeds_net_inputs:
+                continue
+            if on_layer is not None:
+                on_layer(i)
+            bottoms = [blobs[b] for b in bnames]
+            try:
+                tops = layer(*bottoms) if call is None else call(layer, bottoms)
+            except CaffeCompatError:
+                raise
+            except Exception as e:
+                if failing is None:
+                    raise
+                raise _reraise_named(e, f"{self.source}: layer '{self.layer_names[i]}' ({self.layer_types[i]})",
+                                     f"{failing} from bottoms {[list(b.shape) for b in bottoms]}",
+                                     failing_error) from e
+            if isinstance(tops, torch.Tensor):
+                tops = (tops,)
+            if len(tops) != len(tnames):
+                raise NetError(f"{self.source}: layer '{self.layer_names[i]}' returned {len(tops)} tops, "
+                               f"expected {len(tnames)}")
+            for t, v in zip(tnames, tops):
+                if device is not None and not bnames and v.device != device:
+                    v = v.to(device)
+                blobs[t] = v
+        return blobs
 
     def backward(self, **top_diffs) -> "OrderedDict[str, Optional[torch.Tensor]]":
         """Back-propagate the last forward (pycaffe's ``net.backward``).
@@ -532,50 +565,82 @@ class Net(nn.Module):
             s = check_shape(input_shapes.get(k, default), f"{self.source}: input '{k}'")
             shapes[k] = s
             blobs[k] = torch.empty(s, device="meta", dtype=self.dtype)
+        current = [0]
+
+        def shaped(layer, bottoms):
+            tops = tuple(_meta_call(layer, bottoms))
+            for t, v in zip(self.top_names[current[0]], tops):
+                shapes[t] = check_shape(v.shape, f"{self.source}: layer '{layer.name}' top '{t}'")
+            return tops
+
         with torch.no_grad():
-            for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
-                if i in self._input_layers:
-                    continue
-                where = f"{self.source}: layer '{self.layer_names[i]}' ({self.layer_types[i]})"
-                try:
-                    tops = _meta_call(layer, [blobs[b] for b in bnames])
-                except CaffeCompatError:
-                    raise
-                except Exception as e:
-                    raise _reraise_named(e, where, f"computing its output shapes from bottoms "
-                                                   f"{[list(blobs[b].shape) for b in bnames]}", ShapeError) from e
-                for t, v in zip(tnames, tops):
-                    blobs[t] = v
-                    shapes[t] = check_shape(v.shape, f"{self.source}: layer '{self.layer_names[i]}' top '{t}'")
+            self.run_layers(blobs, call=shaped, on_layer=lambda i: current.__setitem__(0, i),
+                            failing="computing its output shapes", failing_error=ShapeError)
         return shapes
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, path: PathLike, strict: bool = True):
+    def load_weights(self, path: PathLike, strict: bool = True) -> "_weights.LoadReport":
         """Copy weights by layer name from a ``.caffemodel``, a Caffe ``.h5`` or a native checkpoint.
 
         See :mod:`.weights` (Caffe formats) and :mod:`.checkpoint` (``.pt``).
+        Returns a :class:`~caffe_compat.weights.LoadReport` for every format
+        (for a checkpoint its entries are checkpoint keys ``"<layer>/<i>"``).
         """
-        from .checkpoint import is_checkpoint_file, load_checkpoint_into
-        from .weights import load_into_net
-        if is_checkpoint_file(path):
-            return load_checkpoint_into(self, path, strict=strict)
-        return load_into_net(self, path, strict=strict)
+        if _ckpt.is_checkpoint_file(path):
+            return _ckpt.load_checkpoint_into(self, path, strict=strict)
+        return _weights.load_into_net(self, path, strict=strict)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, **kwargs) -> "Net":
-        """Rebuild a net (architecture and weights) from a native checkpoint, without the original files."""
-        from .checkpoint import load_checkpoint
-        return load_checkpoint(path, **kwargs)
+    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu",
+                        dtype: Optional[torch.dtype] = None, phase: Optional[str] = None) -> "Net":
+        """Rebuild a net (architecture and weights) from a native checkpoint, without the original files.
+
+        Args:
+            path: the ``.pt`` written by :meth:`save_checkpoint`.
+            device: where the parameters go.
+            dtype: override the stored dtype (e.g. ``torch.float64``).
+            phase: override the stored phase (the full text is stored, so the
+                other phase's layers can be selected).
+        """
+        ckpt = _ckpt.read_checkpoint(path)
+        return cls.from_checkpoint_dict(ckpt, str(path), device=device, dtype=dtype, phase=phase)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict, where: str = "<checkpoint>", device: Union[str, torch.device] = "cpu",
+                             dtype: Optional[torch.dtype] = None, phase: Optional[str] = None) -> "Net":
+        """:meth:`from_checkpoint` for a checkpoint dict already read and validated."""
+        spec = _ckpt.net_spec(ckpt)
+        try:
+            net = cls.from_string(spec.text, phase=phase or spec.phase, defines=spec.defines, level=spec.level,
+                                  stages=spec.stages, dtype=dtype or spec.dtype, device=device,
+                                  source=f"{where}:prototxt")
+        except CaffeCompatError as e:
+            raise type(e)(f"{where}: the stored net does not build: {e}") from None
+        net.defines = dict(spec.stored_defines)
+        # in another phase than the stored one, layers of the stored phase may be absent: not an error
+        _ckpt.load_state_into(net, ckpt, where, strict=True, allow_unexpected=net.phase != spec.phase)
+        return net
 
     def save_checkpoint(self, path: PathLike) -> None:
         """Write a native PyTorch checkpoint (``torch.load(path, weights_only=True)`` reads it)."""
-        from .checkpoint import save_checkpoint
-        save_checkpoint(self, path)
+        _ckpt.save_checkpoint(self, path)
 
     def save(self, path: PathLike) -> None:
         """Write the weights as a binary ``.caffemodel``, or Caffe HDF5 if ``path`` ends in ``.h5``."""
-        from .weights import save_net
-        save_net(self, path)
+        _weights.save_net(self, path)
+
+    def net_text(self) -> Tuple[str, Optional[str]]:
+        """``(text, template)``: the net's prototxt with ``${NAME}`` templates substituted, and the
+        text as given when it differs (``None`` otherwise).
+
+        A net built from a ``NetParameter`` has no text: its (phase-filtered)
+        message is printed instead.
+        """
+        if self.text is None:
+            from google.protobuf import text_format
+            return text_format.MessageToString(self.net_param), None
+        sub = _pt.substitute_templates(self.text, self.defines or {}, self.source)
+        return sub, (self.text if sub != self.text else None)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> str:

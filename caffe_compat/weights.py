@@ -419,17 +419,24 @@ def caffemodel_bytes(net: "Net") -> bytes:
     return b"".join(parts)
 
 
-def save_net(net: "Net", path: PathLike) -> None:
-    """Write ``net``'s weights: Caffe HDF5 if ``path`` ends in ``.h5``/``.hdf5``, else a binary caffemodel."""
+def save_net(net: "Net", path: PathLike, fmt: Optional[str] = None) -> None:
+    """Write ``net``'s weights as ``fmt``: ``"h5"`` (Caffe HDF5) or ``"caffemodel"`` (binary).
+
+    Without ``fmt``: HDF5 if ``path`` ends in ``.h5``/``.hdf5``, else a binary caffemodel.
+    """
     path = Path(path)
+    if fmt is None:
+        fmt = "h5" if path.suffix.lower() in (".h5", ".hdf5") else "caffemodel"
+    if fmt not in ("h5", "caffemodel"):
+        raise WeightsError(f"{path}: unknown weights format {fmt!r} (caffemodel or h5)")
     if any(p.is_meta for p in net.parameters()):
         raise WeightsError(f"{path}: a net built on the meta device has no weights to save")
-    if path.suffix.lower() in (".h5", ".hdf5"):
+    if fmt == "h5":
         atomic_write(path, lambda tmp: _write_hdf5(net, tmp), error=WeightsError)
     else:
         data = caffemodel_bytes(net)
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), error=WeightsError)
-    log.info("wrote weights of net %r to %s", net.name, path)
+    log.info("wrote %s weights of net %r to %s", fmt, net.name, path)
 
 
 def _write_hdf5(net: "Net", filename: str) -> None:

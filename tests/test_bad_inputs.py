@@ -269,7 +269,7 @@ def test_layer_errors_are_wrapped_with_name_and_type():
     cc.register_layer("BoomForTest")(_Boom)
     try:
         net = _net(CONV.split("layer {")[0] + 'layer { name: "b" type: "BoomForTest" bottom: "data" top: "b" }')
-        with pytest.raises(LayerRuntimeError, match=r"layer 'b' \(BoomForTest\): forward failed: KeyError") as ei:
+        with pytest.raises(LayerRuntimeError, match=r"layer 'b' \(BoomForTest\): forward from bottoms \[\[1, 2, 4, 4\]\] failed: KeyError") as ei:
             net(data=torch.rand(1, 2, 4, 4))
     finally:
         cc.layers.REGISTRY.pop("BoomForTest", None)

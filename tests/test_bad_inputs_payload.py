@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import caffe_compat as cc
-from caffe_compat.checkpoint import export_program, load_program, read_checkpoint
+from caffe_compat.checkpoint import read_checkpoint
+from caffe_compat.export import export_program, load_program
 from caffe_compat.errors import CaffeCompatError, WeightsError
 
 NET = """

@@ -9,6 +9,8 @@ import torch
 
 from caffe_compat import Layer, Net, NotSupportedError, WeightsError, register_layer
 from caffe_compat import checkpoint as C
+from caffe_compat import conversion as CV
+from caffe_compat import export as X
 
 # conv/relu/pool/eltwise/concat/softmax, a template, shared params (weights and bias)
 STANDARD = """
@@ -85,7 +87,7 @@ def test_checkpoint_round_trip_exact(tmp_path):
     a = _std_net()
     path = tmp_path / "m.pt"
     C.save_checkpoint(a, path)
-    b = C.load_checkpoint(path)
+    b = Net.from_checkpoint(path)
     _assert_same_params(a, b)
     # sharing survives: one Parameter for both layers
     assert b.params["conv1"][0] is b.layer("conv2").blobs[0]
@@ -133,12 +135,12 @@ layer { name: "staged" type: "Scale" bottom: "a" top: "s" include { stage: "depl
     assert "staged" in a.layer_names and "only_train" in a.layer_names
     path = tmp_path / "m.pt"
     C.save_checkpoint(a, path)
-    b = C.load_checkpoint(path)
+    b = Net.from_checkpoint(path)
     assert b.dtype == torch.float64 and b.phase == "TRAIN" and b.level == 2
     assert set(b.stages) == {"extra", "deploy"} and b.layer_names == a.layer_names
     _assert_same_params(a, b)
     # the whole text is stored: the other phase can be selected, in another dtype
-    c = C.load_checkpoint(path, phase="TEST", dtype=torch.float32)
+    c = Net.from_checkpoint(path, phase="TEST", dtype=torch.float32)
     assert "only_train" not in c.layer_names and c.dtype == torch.float32
     torch.testing.assert_close(c.params["sc"][0], a.params["sc"][0].float(), rtol=0, atol=0)
 
@@ -154,7 +156,7 @@ layer { name: "sc" type: "Scale" bottom: "a" top: "b" scale_param { filler { typ
     C.save_checkpoint(a, path)
     ck = torch.load(path, weights_only=True)
     assert sorted(ck["state_dict"]) == ["sc#1/0", "sc/0"]
-    b = C.load_checkpoint(path)
+    b = Net.from_checkpoint(path)
     for la, lb in zip(a.layers, b.layers):
         for pa, pb in zip(la.blobs, lb.blobs):
             assert torch.equal(pa, pb)
@@ -167,7 +169,7 @@ def test_net_built_from_netparameter(tmp_path):
     _randomize(a)
     assert a.text is None
     C.save_checkpoint(a, tmp_path / "m.pt")
-    b = C.load_checkpoint(tmp_path / "m.pt")
+    b = Net.from_checkpoint(tmp_path / "m.pt")
     _assert_same_params(a, b)
 
 
@@ -176,7 +178,7 @@ def test_template_value_containing_a_template(tmp_path):
            'layer { name: "p" type: "Power" bottom: "data" top: "p" }'
     a = Net.from_string(text, defines={"N": "${X}"})
     C.save_checkpoint(a, tmp_path / "m.pt")
-    b = C.load_checkpoint(tmp_path / "m.pt")
+    b = Net.from_checkpoint(tmp_path / "m.pt")
     assert b.name == "${X}"
 
 
@@ -198,7 +200,7 @@ def test_load_into_another_prototxt(tmp_path):
     with pytest.raises(WeightsError, match="in checkpoint but not in the net: score/0, score/1"):
         C.load_checkpoint_into(c, tmp_path / "m.pt")
     rep = C.load_checkpoint_into(c, tmp_path / "m.pt", strict=False)
-    assert rep["unexpected"] == ["score/0", "score/1"] and not rep["missing"]
+    assert rep.unexpected == ["score/0", "score/1"] and not rep.missing
 
 
 # ----------------------------------------------------------------------------- errors
@@ -210,15 +212,15 @@ def _saved(tmp_path, obj, name="bad.pt"):
 
 def test_not_a_checkpoint_errors(tmp_path):
     with pytest.raises(WeightsError, match="no such checkpoint file"):
-        C.load_checkpoint(tmp_path / "missing.pt")
+        Net.from_checkpoint(tmp_path / "missing.pt")
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(WeightsError, match="empty.pt: empty file"):
-        C.load_checkpoint(empty)
+        Net.from_checkpoint(empty)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(300))
     with pytest.raises(WeightsError, match="junk.pt: not a readable caffe_compat checkpoint"):
-        C.load_checkpoint(junk)
+        Net.from_checkpoint(junk)
     # a truncated checkpoint
     a = _std_net()
     good = tmp_path / "good.pt"
@@ -226,21 +228,21 @@ def test_not_a_checkpoint_errors(tmp_path):
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(WeightsError, match="trunc.pt: not a readable"):
-        C.load_checkpoint(trunc)
+        Net.from_checkpoint(trunc)
     # a caffemodel / HDF5 given as a checkpoint is named as such
     a.save(tmp_path / "w.caffemodel")
     with pytest.raises(WeightsError, match="caffemodel"):
-        C.load_checkpoint(tmp_path / "w.caffemodel")
+        Net.from_checkpoint(tmp_path / "w.caffemodel")
     a.save(tmp_path / "w.h5")
     with pytest.raises(WeightsError, match="HDF5"):
-        C.load_checkpoint(tmp_path / "w.h5")
+        Net.from_checkpoint(tmp_path / "w.h5")
     # a plain state_dict, a list, pickled code (refused by weights_only)
     with pytest.raises(WeightsError, match="plain state_dict"):
-        C.load_checkpoint(_saved(tmp_path, {"conv1.weight": torch.zeros(2)}))
+        Net.from_checkpoint(_saved(tmp_path, {"conv1.weight": torch.zeros(2)}))
     with pytest.raises(WeightsError, match="holds a list"):
-        C.load_checkpoint(_saved(tmp_path, [1, 2]))
+        Net.from_checkpoint(_saved(tmp_path, [1, 2]))
     with pytest.raises(WeightsError, match="not a readable"):
-        C.load_checkpoint(_saved(tmp_path, {"format": C.FORMAT, "f": np.float32}))
+        Net.from_checkpoint(_saved(tmp_path, {"format": C.FORMAT, "f": np.float32}))
 
 
 def _ckpt(tmp_path):
@@ -269,7 +271,7 @@ def test_bad_checkpoint_content(tmp_path, edit, match):
     ck = _ckpt(tmp_path)
     edit(ck)
     with pytest.raises(WeightsError if "build" not in match else Exception, match=match):
-        C.load_checkpoint(_saved(tmp_path, ck))
+        Net.from_checkpoint(_saved(tmp_path, ck))
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -309,15 +311,15 @@ def test_convert_round_trips(tmp_path, to, ext):
     _randomize(a)
     a.save(tmp_path / f"orig{ext}")
     # caffemodel/h5 -> checkpoint
-    C.convert(proto, tmp_path / f"orig{ext}", tmp_path / "m.pt", defines=DEFINES)
-    b = C.load_checkpoint(tmp_path / "m.pt")
+    CV.convert(proto, tmp_path / f"orig{ext}", tmp_path / "m.pt", defines=DEFINES)
+    b = Net.from_checkpoint(tmp_path / "m.pt")
     _assert_same_params(a, b)
     # checkpoint -> caffemodel/h5 without the prototxt ("-" or None), then back into a Net
-    C.convert("-", tmp_path / "m.pt", tmp_path / f"back{ext}", to=to)
+    CV.convert("-", tmp_path / "m.pt", tmp_path / f"back{ext}", to=to)
     c = Net(proto, defines=DEFINES, weights=tmp_path / f"back{ext}")
     _assert_same_params(a, c)
     # explicit --to wins over the extension
-    C.convert(None, tmp_path / "m.pt", tmp_path / "weird.bin", to=to)
+    CV.convert(None, tmp_path / "m.pt", tmp_path / "weird.bin", to=to)
     d = Net(proto, defines=DEFINES, weights=tmp_path / "weird.bin")
     _assert_same_params(a, d)
     x = torch.randn(1, 3, 8, 8)
@@ -331,20 +333,20 @@ def test_convert_errors_leave_no_output(tmp_path):
     a.save(tmp_path / "w.caffemodel")
     out = tmp_path / "out.pt"
     with pytest.raises(WeightsError, match="no such weights file"):
-        C.convert(proto, tmp_path / "nope.caffemodel", out, defines=DEFINES)
+        CV.convert(proto, tmp_path / "nope.caffemodel", out, defines=DEFINES)
     bad = tmp_path / "bad.caffemodel"
     bad.write_bytes(b"\x08\x96\x01garbage")
     with pytest.raises(WeightsError):
-        C.convert(proto, bad, out, defines=DEFINES)
+        CV.convert(proto, bad, out, defines=DEFINES)
     with pytest.raises(Exception, match="holds no net definition"):
-        C.convert(None, tmp_path / "w.caffemodel", out)
+        CV.convert(None, tmp_path / "w.caffemodel", out)
     with pytest.raises(Exception, match="cannot tell the output format"):
-        C.convert(proto, tmp_path / "w.caffemodel", tmp_path / "out.xyz", defines=DEFINES)
+        CV.convert(proto, tmp_path / "w.caffemodel", tmp_path / "out.xyz", defines=DEFINES)
     with pytest.raises(Exception, match="would overwrite the input"):
-        C.convert(proto, tmp_path / "w.caffemodel", tmp_path / "w.caffemodel", to="pt", defines=DEFINES)
+        CV.convert(proto, tmp_path / "w.caffemodel", tmp_path / "w.caffemodel", to="pt", defines=DEFINES)
     # weights that do not fit the net (another num_output): strict error
     with pytest.raises(WeightsError, match="do not fit"):
-        C.convert(proto, tmp_path / "w.caffemodel", out, defines={"NOUT": 6})
+        CV.convert(proto, tmp_path / "w.caffemodel", out, defines={"NOUT": 6})
     assert not out.exists() and _no_temp_files(tmp_path)
 
 
@@ -354,9 +356,9 @@ def test_export_standard_net_round_trip(tmp_path, text):
     net = Net.from_string(text, defines=DEFINES, seed=0)
     _randomize(net)
     path = tmp_path / "m.pt2"
-    C.export_program(net, path)
+    X.export_program(net, path)
     assert _no_temp_files(tmp_path)
-    prog = C.load_program(path).module()
+    prog = X.load_program(path).module()
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         (out,) = prog(x)
@@ -376,10 +378,10 @@ class _FixedSize(Layer):
 def test_export_dynamic_shapes(tmp_path):
     net = Net.from_string(NO_POOL, defines=DEFINES, seed=0)
     _randomize(net)
-    ep = C.export_program(net, tmp_path / "m.pt2", dynamic=True)
-    dims = C.program_input_shapes(ep, net.inputs)["data"]
+    ep = X.export_program(net, tmp_path / "m.pt2", dynamic=True)
+    dims = X.program_input_shapes(ep, net.inputs)["data"]
     assert dims[1] == 3 and not any(isinstance(d, int) for d in (dims[0], dims[2], dims[3]))
-    prog = C.load_program(tmp_path / "m.pt2").module()
+    prog = X.load_program(tmp_path / "m.pt2").module()
     for shape in [(3, 3, 11, 6), (1, 3, 8, 8)]:
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -389,26 +391,26 @@ def test_export_dynamic_shapes(tmp_path):
     # a layer that needs fixed sizes: they stay the prototxt's (batch 1, not the traced 2)
     net = Net.from_string(NO_POOL + 'layer { name: "fix" type: "FixedSizeForTest" bottom: "prob" top: "out" }',
                           defines=DEFINES, seed=0)
-    ep = C.export_program(net, tmp_path / "p.pt2", dynamic=True)
-    dims = C.program_input_shapes(ep, net.inputs)["data"]
+    ep = X.export_program(net, tmp_path / "p.pt2", dynamic=True)
+    dims = X.program_input_shapes(ep, net.inputs)["data"]
     assert dims[:3] == [1, 3, 8] and not isinstance(dims[3], int)  # the width stays dynamic
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
-        (out,) = C.load_program(tmp_path / "p.pt2").module()(x)
+        (out,) = X.load_program(tmp_path / "p.pt2").module()(x)
         assert torch.equal(out, net(data=x)["out"])
     # fixed-shape export of another input size
-    C.export_program(net, tmp_path / "f.pt2", input_shapes={"data": (2, 3, 5, 7)})
+    X.export_program(net, tmp_path / "f.pt2", input_shapes={"data": (2, 3, 5, 7)})
     x = torch.randn(2, 3, 5, 7)
     with torch.no_grad():
-        (out,) = C.load_program(tmp_path / "f.pt2").module()(x)
+        (out,) = X.load_program(tmp_path / "f.pt2").module()(x)
         assert torch.equal(out, net(data=x)["out"])
 
 
 def test_export_segaware_block(tmp_path):
     net = Net.from_string(SEGAWARE, seed=0)
     _randomize(net)
-    C.export_program(net, tmp_path / "s.pt2")
-    prog = C.load_program(tmp_path / "s.pt2").module()
+    X.export_program(net, tmp_path / "s.pt2")
+    prog = X.load_program(tmp_path / "s.pt2").module()
     x, e = torch.randn(1, 3, 7, 9), torch.randn(1, 4, 7, 9)
     with torch.no_grad():
         outs = prog(x, e)
@@ -442,23 +444,23 @@ def test_export_errors_name_the_layer(tmp_path):
     text = NO_POOL + 'layer { name: "branchy" type: "ItemBranchForTest" bottom: "prob" top: "out" }'
     net = Net.from_string(text, defines=DEFINES)
     with pytest.raises(NotSupportedError, match=r"layer 'branchy' \(ItemBranchForTest\)"):
-        C.export_program(net, tmp_path / "m.pt2")
+        X.export_program(net, tmp_path / "m.pt2")
     text = STANDARD + 'layer { name: "src" type: "FileSourceForTest" top: "extra" }'
     net = Net.from_string(text, defines=DEFINES)
     with pytest.raises(NotSupportedError, match=r"'src' \(FileSourceForTest\).*deploy net"):
-        C.export_program(net, tmp_path / "m.pt2")
+        X.export_program(net, tmp_path / "m.pt2")
     with pytest.raises(Exception, match="unknown input 'nope'"):
-        C.export_program(_std_net(), tmp_path / "m.pt2", input_shapes={"nope": (1, 3, 4, 4)})
+        X.export_program(_std_net(), tmp_path / "m.pt2", input_shapes={"nope": (1, 3, 4, 4)})
     assert os.listdir(tmp_path) == []
 
 
 def test_load_program_errors(tmp_path):
     with pytest.raises(WeightsError, match="no such exported program"):
-        C.load_program(tmp_path / "x.pt2")
+        X.load_program(tmp_path / "x.pt2")
     p = tmp_path / "x.pt2"
     p.write_bytes(b"nonsense")
     with pytest.raises(WeightsError, match="x.pt2: not a readable torch.export program"):
-        C.load_program(p)
+        X.load_program(p)
 
 
 def test_export_leaves_the_net_usable(tmp_path):
@@ -471,10 +473,10 @@ layer { name: "down" type: "Interp" bottom: "up" top: "down" interp_param { shri
 layer { name: "sc" type: "Scale" bottom: "down" top: "out" scale_param { filler { type: "gaussian" } } }
 """
     net = Net.from_string(text, seed=0)
-    C.export_program(net, tmp_path / "i.pt2")
+    X.export_program(net, tmp_path / "i.pt2")
     x = torch.randn(1, 2, 5, 6)
     with torch.no_grad():
-        (out,) = C.load_program(tmp_path / "i.pt2").module()(x)
+        (out,) = X.load_program(tmp_path / "i.pt2").module()(x)
         ref = net(data=x)["out"]
     assert type(ref) is torch.Tensor and type(out) is torch.Tensor
     assert torch.equal(out, ref)
@@ -488,10 +490,10 @@ def test_fork_caffemodels_convert_and_export(tmp_path):
     nets = reference_path("golden", "nets")
     # embs: caffemodel -> checkpoint -> HDF5 equals the fork's own HDF5 dataset by dataset
     proto, model = nets / "embs_reduced.prototxt", nets / "embs_reduced.caffemodel"
-    a = C.convert(proto, model, tmp_path / "embs.pt")
-    b = C.load_checkpoint(tmp_path / "embs.pt")
+    a = CV.convert(proto, model, tmp_path / "embs.pt")
+    b = Net.from_checkpoint(tmp_path / "embs.pt")
     _assert_same_params(a, b)
-    C.convert(None, tmp_path / "embs.pt", tmp_path / "embs.h5")
+    CV.convert(None, tmp_path / "embs.pt", tmp_path / "embs.h5")
     with h5py.File(tmp_path / "embs.h5", "r") as mine, h5py.File(nets / "embs_reduced.caffemodel.h5", "r") as fork:
         fork_sets, my_sets = {}, {}
         fork.visititems(lambda k, v: fork_sets.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None)
@@ -504,14 +506,14 @@ def test_fork_caffemodels_convert_and_export(tmp_path):
     with torch.no_grad():
         ra, rb = a(**ins), b(**ins)
         assert all(torch.equal(ra[k], rb[k]) for k in ra)
-        C.export_program(b, tmp_path / "embs.pt2")
-        outs = C.load_program(tmp_path / "embs.pt2").module()(*[ins[k] for k in b.inputs])
+        X.export_program(b, tmp_path / "embs.pt2")
+        outs = X.load_program(tmp_path / "embs.pt2").module()(*[ins[k] for k in b.inputs])
         assert all(torch.equal(o, ra[k]) for o, k in zip(outs, b.outputs))
     # vgg (layer names used twice): caffemodel -> checkpoint -> caffemodel, exact
     proto, model = nets / "vgg_reduced.prototxt", nets / "vgg_reduced.caffemodel"
-    a = C.convert(proto, model, tmp_path / "vgg.pt")
+    a = CV.convert(proto, model, tmp_path / "vgg.pt")
     assert len(set(a.layer_names)) < len(a.layer_names)
-    C.convert("-", tmp_path / "vgg.pt", tmp_path / "vgg.caffemodel")
+    CV.convert("-", tmp_path / "vgg.pt", tmp_path / "vgg.caffemodel")
     c = Net(proto, weights=tmp_path / "vgg.caffemodel")
     _assert_same_params(a, c)
 
@@ -520,7 +522,7 @@ def test_net_hooks(monkeypatch, tmp_path):
     # the one-line hooks proposed for net.py (monkeypatched until net.py has them)
     if not hasattr(Net, "from_checkpoint"):
         monkeypatch.setattr(Net, "from_checkpoint", classmethod(
-            lambda cls, path, **kw: C.load_checkpoint(path, **kw)), raising=False)
+            lambda cls, path, **kw: Net.from_checkpoint(path, **kw)), raising=False)
     if not hasattr(Net, "save_checkpoint"):
         monkeypatch.setattr(Net, "save_checkpoint", C.save_checkpoint, raising=False)
     a = _std_net()

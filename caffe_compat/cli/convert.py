@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from . import add_define_option, parse_defines
-from ..errors import CaffeCompatError
+from ..errors import CaffeCompatError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..checkpoint import atomic_write, convert, is_checkpoint_file
+    from ..atomic import atomic_write
+    from ..checkpoint import is_checkpoint_file
+    from ..conversion import convert
 
     net_arg, weights = args.net, args.weights
     if weights is None:
@@ -76,11 +78,9 @@ def run(args) -> int:
     net = convert(None if net_arg in (None, "-") else net_arg, weights, args.output, to=args.to,
                   defines=defines, phase=args.phase, strict=not args.lenient)
     if args.write_prototxt:
-        from ..checkpoint import net_text
-
-        text, _ = net_text(net)
+        text, _ = net.net_text()
         out = Path(args.write_prototxt)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), error=WeightsError)
         print(f"wrote {out}")
     print(f"wrote {args.output}")
     return 0

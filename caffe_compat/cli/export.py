@@ -65,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..checkpoint import export_program, open_net, program_input_shapes
+    from ..export import export_program, program_input_shapes
+    from .open_net import open_net
 
     shapes = dict(parse_input_shape(s) for s in args.input)
     net = open_net(args.net, args.weights, phase=args.phase, defines=parse_defines(args.define),

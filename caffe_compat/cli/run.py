@@ -140,9 +140,9 @@ def safe_name(name: str) -> str:
 
 
 def _atomic(path: Path, writer) -> None:
-    from ..checkpoint import atomic_write
+    from ..atomic import atomic_write
 
-    atomic_write(path, writer)
+    atomic_write(path, writer, error=DataError)
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
@@ -333,7 +333,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..checkpoint import open_net
+    from .open_net import open_net
 
     device = check_device(args.device)
     if not Path(args.image).is_file():

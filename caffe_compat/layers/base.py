@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -105,6 +105,13 @@ class Layer(nn.Module):
         auto_tops: if set, Caffe's ``AutoTopBlobs``: the layer always produces
             this many tops, and the net names the unlisted ones ``(automatic)``.
         is_loss: the first top is a loss (default ``loss_weight`` 1).
+        feeds_net_inputs: the layer only declares net inputs (``Input``): the net
+            takes the shapes of its tops from :meth:`input_shapes_for`, lists them
+            among :attr:`Net.inputs <caffe_compat.net.Net.inputs>` and never calls
+            :meth:`forward`.
+        exportable: the layer can be part of a ``torch.export`` program; false for
+            layers that write files or keep state across forwards (see
+            :meth:`export_refusal`, which also refuses bottomless layers).
     """
 
     type_name: ClassVar[str] = ""
@@ -112,6 +119,8 @@ class Layer(nn.Module):
     num_tops: ClassVar[Tuple[int, Optional[int]]] = (1, 1)
     auto_tops: ClassVar[Optional[int]] = None
     is_loss: ClassVar[bool] = False
+    feeds_net_inputs: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
 
     def __init__(self, param, bottom_shapes: Sequence[Sequence[int]], ctx: BuildContext):
         super().__init__()
@@ -174,6 +183,34 @@ class Layer(nn.Module):
     # -- API -----------------------------------------------------------------
     def forward(self, *bottoms):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def input_shapes_for(self, n_tops: int) -> List[Tuple[int, ...]]:
+        """Shapes of the ``n_tops`` net inputs a :attr:`feeds_net_inputs` layer declares.
+
+        Called once by the net builder (instead of a shape pass) for layers with
+        ``feeds_net_inputs``; other layers never receive it.
+        """
+        raise self.error("declares no net inputs (feeds_net_inputs is false)")
+
+    def set_net_outputs(self, top_indices: Sequence[int]) -> None:
+        """Told once after the net is built which of this layer's tops (indices) are net outputs.
+
+        The default ignores it; a layer overrides it when it behaves like the
+        fork's net there (DummyData: element 0 of a never-refilled output top
+        reads 0 after the first forward).
+        """
+
+    def export_refusal(self) -> Optional[str]:
+        """Why this layer cannot be exported with ``torch.export`` (``None``: it can).
+
+        The default refuses layers whose class sets ``exportable = False`` and
+        layers built without bottoms (they produce data of their own, like a
+        reader); layers whose exportability depends on their parameters
+        (DummyData) override it.
+        """
+        if self.exportable and self.bottom_shapes:
+            return None
+        return self.type_name or type(self).__name__
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 
 _KNOWN_FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra", "positive_unitball",
                   "bilinear", "xy")
+#: fillers whose values do not change between forwards: a DummyData made only of them (the res
+#: deploy net's ``xy`` grid) becomes a constant of an exported program; random ones would be frozen.
+_DETERMINISTIC_FILLERS = ("constant", "xy")
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -251,6 +254,11 @@ class DummyDataLayer(Layer):
         """
         self._zero_first = {int(i) for i in top_indices}
 
+    def export_refusal(self) -> Optional[str]:
+        """Refused when a filler is random (its values would be frozen into the program)."""
+        bad = sorted({fp.type for fp in self._fillers if fp.type not in _DETERMINISTIC_FILLERS})
+        return f"DummyData with random filler {', '.join(bad)}" if bad else None
+
     def forward(self, *bottoms):
         if bottoms:
             raise self.error(f"takes no bottoms, got {len(bottoms)}")
@@ -274,6 +282,7 @@ class _ImageListLayer(Layer):
     """Shared machinery of the list-driven image layers (list, cursor, RNG, paths)."""
 
     num_bottoms = (0, 0)
+    exportable = False  # reads files
     _list_kind = ""
 
     def __init__(self, param, bottom_shapes, ctx):
@@ -865,6 +874,7 @@ class MatWriteLayer(Layer):
 
     num_bottoms = (1, None)
     num_tops = (0, 0)
+    exportable = False  # writes files
 
     def __init__(self, param, bottom_shapes, ctx):
         super().__init__(param, bottom_shapes, ctx)

@@ -397,6 +397,7 @@ class SegAccuracyLayer(Layer):
     ``confusion``.
     """
 
+    exportable = False  # its confusion matrix is state kept across forwards
     num_bottoms = (2, 2)
     num_tops = (1, 1)
 
