@@ -43,8 +43,20 @@ def atomic_write(path: PathLike, writer: Callable[[str], None], *, error: Type[C
 
     Returns:
         ``True`` if the file was written.
+
+    Errors of the file system (and a writer's own ``OSError``/``ValueError``/
+    ``RuntimeError``/``TypeError``, e.g. from h5py) become ``error`` naming the
+    path; a writer's :class:`CaffeCompatError` passes unchanged.
     """
-    path = Path(path)
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise error(f"cannot write to {path!r}: not a file path") from None
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if "\0" in text:
+        raise error(f"cannot write {text!r}: the path contains a NUL character")
+    path = Path(text)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise error(f"cannot write '{path}': the folder '{folder}' does not exist (it is not created automatically)")
@@ -72,8 +84,10 @@ def atomic_write(path: PathLike, writer: Callable[[str], None], *, error: Type[C
                 return False
             os.replace(tmp, path)
         return True
-    except OSError as e:
-        raise error(f"cannot write '{path}': {e}") from None
+    except CaffeCompatError:
+        raise
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise error(f"cannot write '{path}': {type(e).__name__}: {e}") from e
     finally:
         if tmp is not None and os.path.lexists(tmp):
             try:

@@ -50,3 +50,19 @@ class NotSupportedError(CaffeCompatError):
 def layer_error(layer_name: str, layer_type: str, message: str, cls=LayerConfigError) -> CaffeCompatError:
     """Build an error that names the layer: ``layer 'conv1' (Convolution): message``."""
     return cls(f"layer '{layer_name}' ({layer_type}): {message}")
+
+
+class MemoryBudgetError(CaffeCompatError):
+    """An allocation (weights, blobs of a forward, a declared dataset) would exceed the memory budget.
+
+    Raised *before* allocating; names the layer (or file and dataset) and the bytes.
+    The budget is ``Net(..., max_bytes=...)``, the ``CAFFE_COMPAT_MAX_BYTES``
+    environment variable, or by default the memory the machine has available.
+    """
+
+
+class LayerRuntimeError(CaffeCompatError):
+    """A layer's forward failed with an error that is not a CaffeCompatError (it is chained).
+
+    The message names the layer and its type.
+    """

@@ -222,11 +222,6 @@ def program_input_shapes(ep, names: Sequence[str]) -> Dict[str, list]:
 
 
 def load_program(path: PathLike):
-    """``torch.export.load`` with errors naming the file; returns the ``ExportedProgram``."""
-    p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"{p}: no such exported program")
-    try:
-        return torch.export.load(str(p))
-    except Exception as e:
-        raise WeightsError(f"{p}: not a readable torch.export program: {type(e).__name__}: {e}") from None
+    """``torch.export.load`` without unsafe unpickling (:mod:`.safe_load`), errors naming the file."""
+    from .safe_load import load_program_safely
+    return load_program_safely(path)

@@ -36,8 +36,10 @@ from torch import nn
 from . import checkpoint as _ckpt
 from . import prototxt as _pt
 from . import schema
+from . import memory as _mem
 from . import weights as _weights
-from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
+from .errors import (CaffeCompatError, DataError, LayerConfigError, LayerRuntimeError, MemoryBudgetError, NetError,
+                     NotSupportedError, ShapeError)
 from .layers import BuildContext, get_layer_class, shape_only
 from .layers.base import check_shape
 
@@ -58,6 +60,21 @@ def _meta_call(layer: nn.Module, bottoms: Sequence[torch.Tensor]):
         return torch.func.functional_call(layer, state, tuple(bottoms))
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return "bad_alloc" in text or "DefaultCPUAllocator: can't allocate memory" in text or "not enough memory" in text
+
+
+def _reraise_named(e: Exception, where: str, doing: str, cls=LayerRuntimeError) -> CaffeCompatError:
+    """The error to raise (``from e``) for a non-CaffeCompatError ``e`` raised while ``doing`` at ``where``."""
+    first = (str(e).strip().splitlines() or [""])[0][:500]
+    if _is_out_of_memory(e):
+        return MemoryBudgetError(f"{where}: ran out of memory while {doing}: {type(e).__name__}: {first}")
+    return cls(f"{where}: {doing} failed: {type(e).__name__}: {first}")
+
+
 class Net(nn.Module):
     """A Caffe net built from a prototxt.
 
@@ -72,6 +89,10 @@ class Net(nn.Module):
             are given).
         device: where parameters live; ``"meta"`` builds a shape-only net.
         dtype: float32 (Caffe's) or float64.
+        max_bytes: memory budget in bytes (int, or a string like ``"8G"``): building
+            refuses learnable blobs and ``forward`` refuses inputs whose blobs (from
+            :meth:`infer_shapes`) would exceed it, before allocating; default: the
+            ``CAFFE_COMPAT_MAX_BYTES`` environment variable, else the memory available.
 
     Attributes (pycaffe names):
         blobs: ordered ``name -> tensor`` of every blob of the last forward.
@@ -84,8 +105,10 @@ class Net(nn.Module):
                  phase: str = "TEST", defines: Optional[Mapping[str, object]] = None, *,
                  level: int = 0, stages: Sequence[str] = (), seed: Optional[int] = None,
                  device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
-                 net_param=None, source: Optional[str] = None):
+                 net_param=None, source: Optional[str] = None, max_bytes: Optional[Union[int, str]] = None):
         super().__init__()
+        self.max_bytes = max_bytes
+        budget = _mem.resolve_budget(max_bytes)  # validates max_bytes / the environment variable
         if (prototxt is None) == (net_param is None):
             raise NetError("Net() needs exactly one of a prototxt path or net_param")
         if net_param is None:
@@ -111,7 +134,7 @@ class Net(nn.Module):
         gen = torch.Generator()
         gen.manual_seed(seed if seed is not None else torch.initial_seed() & 0x7FFFFFFF)
         self._ctx = BuildContext(phase=phase, generator=gen, device=torch.device(device), dtype=dtype,
-                                 source=self.source)
+                                 source=self.source, memory=_mem.Reservation(budget))
         self._build()
         if weights is not None:
             self.load_weights(weights)
@@ -189,8 +212,8 @@ class Net(nn.Module):
                 layer = cls(lp, bottom_shapes, ctx)
             except CaffeCompatError as e:
                 raise type(e)(f"{src}: {e}") from None
-            except (ValueError, TypeError, IndexError, RuntimeError, ArithmeticError) as e:
-                raise LayerConfigError(f"{where}: {type(e).__name__}: {e}") from e
+            except Exception as e:
+                raise _reraise_named(e, where, "building the layer", LayerConfigError) from e
             idx = len(self.layers)
             tops = list(lp.top)
             if layer.feeds_net_inputs:
@@ -207,9 +230,9 @@ class Net(nn.Module):
                                                   for s in bottom_shapes])
                 except CaffeCompatError as e:
                     raise type(e)(f"{src}: {e}") from None
-                except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as e:
-                    raise ShapeError(f"{where}: cannot compute its output shapes from bottoms "
-                                     f"{[list(s) for s in bottom_shapes]}: {e}") from e
+                except Exception as e:
+                    raise _reraise_named(e, where, f"computing its output shapes from bottoms "
+                                                   f"{[list(s) for s in bottom_shapes]}", ShapeError) from e
                 outs = tuple(outs)
                 if len(outs) < len(tops) or (len(outs) > len(tops) and layer.auto_tops is None):
                     raise NetError(f"{where}: lists {len(tops)} tops but produces {len(outs)}")
@@ -341,10 +364,23 @@ class Net(nn.Module):
         return torch.device("cpu")
 
     def _prepare_input(self, name: str, value, device: torch.device) -> torch.Tensor:
+        where = f"{self.source}: input '{name}'"
         if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise DataError(f"{where}: numpy dtype {value.dtype} is not numeric (bool, int or float expected)")
+            if value.dtype.kind != "f" or value.dtype.itemsize > 8 or not value.dtype.isnative:
+                # ints, long doubles, big-endian: numpy converts (torch has no such dtypes)
+                value = value.astype(np.float64 if self.dtype == torch.float64 else np.float32)
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, torch.Tensor):
-            raise DataError(f"{self.source}: input '{name}' must be a tensor or numpy array, got {type(value).__name__}")
+            raise DataError(f"{where} must be a tensor or numpy array, got {type(value).__name__}")
+        if value.is_nested or value.layout != torch.strided:
+            raise DataError(f"{where}: {'nested' if value.is_nested else str(value.layout)} tensors are not "
+                            f"supported; give a dense tensor (e.g. x.to_dense())")
+        if value.device.type == "meta":
+            raise DataError(f"{where} is on the meta device (no values); use infer_shapes() for shapes")
+        if value.is_complex() or value.is_quantized:
+            raise DataError(f"{where}: dtype {value.dtype} is not supported (a real-valued tensor expected)")
         want = self.input_shapes[name]
         if value.dim() != len(want):
             raise ShapeError(f"{self.source}: input '{name}' has shape {list(value.shape)}, "
@@ -352,20 +388,47 @@ class Net(nn.Module):
         if len(want) >= 2 and value.shape[1] != want[1]:
             raise ShapeError(f"{self.source}: input '{name}' has {value.shape[1]} channels, "
                              f"the net was built for {want[1]} (shape {list(want)})")
-        check_shape(value.shape, f"{self.source}: input '{name}'")
-        if (value.device.type != "meta" and not torch.compiler.is_compiling()
-                and not bool(torch.isfinite(value).all())):
-            raise DataError(f"{self.source}: input '{name}' contains NaN or Inf")
-        return value.to(device=device, dtype=self.dtype)
+        check_shape(value.shape, where)
+        value = value.to(device=device, dtype=self.dtype)
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(value).all()):
+            raise DataError(f"{where} contains NaN or Inf (after conversion to {self.dtype})")
+        return value
 
-    def forward(self, **inputs) -> "OrderedDict[str, torch.Tensor]":
+    def _check_forward_memory(self, inputs: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a forward whose blobs (shapes from :meth:`infer_shapes`) exceed the memory budget."""
+        key = tuple((k, tuple(v.shape)) for k, v in inputs.items())
+        if getattr(self, "_budget_key", None) != key:
+            shapes = self.infer_shapes(**{k: tuple(v.shape) for k, v in inputs.items()})
+            itemsize = self.dtype.itemsize
+            plan = []   # (layer index, bytes of its new tops)
+            for i, (bnames, tnames) in enumerate(zip(self.bottom_names, self.top_names)):
+                if self.layers[i].feeds_net_inputs:
+                    continue
+                n = sum(_mem.nbytes(shapes[t], itemsize) for j, t in enumerate(tnames)
+                        if not (j < len(bnames) and bnames[j] == t))   # in-place tops reuse the bottom
+                plan.append((i, n))
+            self._budget_key, self._budget_plan = key, plan
+        budget = _mem.resolve_budget(self.max_bytes)
+        held = 0
+        for i, n in self._budget_plan:
+            _mem.check_fits(n, f"{self.source}: forward: layer '{self.layer_names[i]}' "
+                               f"({self.layer_types[i]}) tops {self.top_names[i]}", budget, held)
+            held += n
+
+    def forward(self, *args, **inputs) -> "OrderedDict[str, torch.Tensor]":
         """Run the net: ``net(data=x)`` -> ``{output blob: tensor}``.
 
         Every net input must be given (tensor or numpy array; moved to the net's
         device and dtype). Other spatial sizes than the prototxt's work wherever
         the layers allow. After the call, :attr:`blobs` holds every blob and
         :attr:`loss` the weighted sum of the loss tops (``None`` without one).
+        The blobs' bytes are checked against the memory budget (``max_bytes``)
+        before running; an error inside a layer that is not a CaffeCompatError
+        is re-raised as :class:`LayerRuntimeError` naming the layer (chained).
         """
+        if args:
+            raise NetError(f"{self.source}: give the inputs by name, e.g. net({self.inputs[0] if self.inputs else 'data'}"
+                           f"=x) (the net's inputs: {self.inputs}); got {len(args)} positional argument(s)")
         unknown = [k for k in inputs if k not in self.input_shapes]
         if unknown:
             raise NetError(f"{self.source}: unknown input(s) {unknown}; the net's inputs are {self.inputs}")
@@ -384,7 +447,9 @@ class Net(nn.Module):
             if want_input_grad and not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             blobs[k] = self._input_leaves[k] = x
-        self.run_layers(blobs, device=device)
+        if not torch.compiler.is_compiling():
+            self._check_forward_memory(blobs)
+        self.run_layers(blobs, device=device, failing="forward")
         self.blobs = blobs
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
@@ -394,7 +459,8 @@ class Net(nn.Module):
         return OrderedDict((k, blobs[k]) for k in self.outputs)
 
     def run_layers(self, blobs: Dict[str, torch.Tensor], *, device: Optional[torch.device] = None,
-                   call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None
+                   call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None,
+                   failing: Optional[str] = None, failing_error: type = LayerRuntimeError
                    ) -> Dict[str, torch.Tensor]:
         """Run every computing layer in net order: the one loop of :meth:`forward`,
         :meth:`infer_shapes` and exported programs (:mod:`caffe_compat.export`).
@@ -408,6 +474,10 @@ class Net(nn.Module):
             call: ``call(layer, bottoms) -> tops`` instead of ``layer(*bottoms)``
                 (the shape pass runs layers on meta tensors this way).
             on_layer: called with each layer's index before it runs.
+            failing: what the loop does (e.g. ``"forward"``); when given, an error of a
+                layer that is not a CaffeCompatError is re-raised as ``failing_error``
+                naming the layer and its type (the original chained), a lack of
+                memory as :class:`MemoryBudgetError`.
 
         Layers that only declare net inputs (``feeds_net_inputs``) are skipped.
         Returns ``blobs``.
@@ -418,7 +488,16 @@ class Net(nn.Module):
             if on_layer is not None:
                 on_layer(i)
             bottoms = [blobs[b] for b in bnames]
-            tops = layer(*bottoms) if call is None else call(layer, bottoms)
+            try:
+                tops = layer(*bottoms) if call is None else call(layer, bottoms)
+            except CaffeCompatError:
+                raise
+            except Exception as e:
+                if failing is None:
+                    raise
+                raise _reraise_named(e, f"{self.source}: layer '{self.layer_names[i]}' ({self.layer_types[i]})",
+                                     f"{failing} from bottoms {[list(b.shape) for b in bottoms]}",
+                                     failing_error) from e
             if isinstance(tops, torch.Tensor):
                 tops = (tops,)
             if len(tops) != len(tnames):
@@ -495,7 +574,8 @@ class Net(nn.Module):
             return tops
 
         with torch.no_grad():
-            self.run_layers(blobs, call=shaped, on_layer=lambda i: current.__setitem__(0, i))
+            self.run_layers(blobs, call=shaped, on_layer=lambda i: current.__setitem__(0, i),
+                            failing="computing its output shapes", failing_error=ShapeError)
         return shapes
 
     # ------------------------------------------------------------------ weights

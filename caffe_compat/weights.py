@@ -40,7 +40,8 @@ from google.protobuf.message import DecodeError
 
 from . import schema
 from .atomic import atomic_write
-from .errors import WeightsError
+from . import memory as _mem
+from .errors import CaffeCompatError, WeightsError
 from .layers.base import MAX_BLOB_ELEMENTS
 from .prototxt import V1_TYPE_NAMES
 
@@ -50,6 +51,10 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: Caffe's ``kMaxBlobAxes``: a blob shape with more axes is refused.
+MAX_BLOB_AXES = 32
+#: More blobs than this in one layer of an HDF5 file is not a Caffe file (Caffe layers have a handful).
+MAX_HDF5_BLOBS_PER_LAYER = 1024
 
 
 @dataclass
@@ -108,6 +113,8 @@ def _blob_to_array(b, where: str, fast: bool = False) -> WeightBlob:
         shape: Tuple[int, ...] = (b.num, b.channels, b.height, b.width)
     else:
         shape = tuple(b.shape.dim) if b.HasField("shape") else ()
+    if len(shape) > MAX_BLOB_AXES:
+        raise WeightsError(f"{where}: shape has {len(shape)} axes, more than Caffe's limit of {MAX_BLOB_AXES}")
     if any(d < 0 for d in shape):
         raise WeightsError(f"{where}: negative dimension in shape {list(shape)}")
     count = math.prod(int(d) for d in shape)
@@ -115,6 +122,11 @@ def _blob_to_array(b, where: str, fast: bool = False) -> WeightBlob:
         raise WeightsError(f"{where}: shape {list(shape)} has {count} elements, more than the limit "
                            f"{MAX_BLOB_ELEMENTS}")
     if fast:
+        for fname, size in (("double_data", 8), ("data", 4)):
+            n_bytes = len(getattr(b, fname))
+            if n_bytes % size:
+                raise WeightsError(f"{where}: packed '{fname}' holds {n_bytes} bytes, not a whole number of "
+                                   f"{size}-byte values (truncated or corrupt file)")
         raw = np.frombuffer(b.double_data, "<f8") if len(b.double_data) else np.frombuffer(b.data, "<f4")
         if raw.size != count:
             raise _NotOnePackedRecord
@@ -154,49 +166,100 @@ def _read_caffemodel(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
     return out
 
 
+def _text(value) -> str:
+    """A string field as str: protobuf hands back bytes for a value that is not valid UTF-8."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def _layers_of(net, path: Path, fast: bool) -> List[Tuple[str, str, List[WeightBlob]]]:
     out = []
     if len(net.layer):
         for lp in net.layer:
-            out.append((lp.name, lp.type, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}", fast)
-                                           for j, b in enumerate(lp.blobs)]))
+            name = _text(lp.name)
+            out.append((name, _text(lp.type), [_blob_to_array(b, f"{path}: layer '{name}' blob {j}", fast)
+                                               for j, b in enumerate(lp.blobs)]))
     elif len(net.layers):
         enum = schema.message_descriptor("V1LayerParameter").fields_by_name["type"].enum_type
         for lp in net.layers:
             ev = enum.values_by_number.get(lp.type)
             typ = V1_TYPE_NAMES.get(ev.name, "") if ev is not None else f"<V1 type {lp.type}>"
-            out.append((lp.name, typ, [_blob_to_array(b, f"{path}: layer '{lp.name}' blob {j}", fast)
-                                       for j, b in enumerate(lp.blobs)]))
+            name = _text(lp.name)
+            out.append((name, typ, [_blob_to_array(b, f"{path}: layer '{name}' blob {j}", fast)
+                                    for j, b in enumerate(lp.blobs)]))
     return out
 
 
-def _read_hdf5(path: Path) -> List[Tuple[str, str, List[WeightBlob]]]:
+def _read_hdf5(path: Path, max_bytes: Optional[int] = None) -> List[Tuple[str, str, List[WeightBlob]]]:
+    """Caffe's ``/data/<layer>/<i>`` layout; every dataset's declared shape and dtype are checked
+    (element limit, memory budget) before it is read, and links (soft, external) are refused."""
     import h5py
 
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise WeightsError(f"{path}: not a readable HDF5 file: {e}") from None
-    with f:
-        if "data" not in f or not isinstance(f["data"], h5py.Group):
-            raise WeightsError(f"{path}: HDF5 file without a 'data' group: not Caffe's .caffemodel.h5 layout "
-                               f"(top-level keys: {list(f.keys())})")
-        out = []
-        for lname, grp in f["data"].items():
-            if not isinstance(grp, h5py.Group):
-                raise WeightsError(f"{path}: /data/{lname} is not a group: not Caffe's HDF5 layout")
-            keys = list(grp.keys())
-            if any(not k.isdigit() for k in keys):
-                raise WeightsError(f"{path}: /data/{lname} holds {keys}; Caffe's layout names blobs 0, 1, ...")
-            idx = sorted(int(k) for k in keys)
-            # Caffe's ToHDF5 leaves out shared blobs, so indices may have gaps: None marks them.
-            blobs: List[Optional[WeightBlob]] = [None] * (idx[-1] + 1 if idx else 0)
-            for i in idx:
-                arr = np.asarray(grp[str(i)][()])
-                if arr.dtype not in (np.float32, np.float64):
-                    raise WeightsError(f"{path}: /data/{lname}/{i} has dtype {arr.dtype}, expected float32/64")
-                blobs[i] = WeightBlob(arr)
-            out.append((lname, "", blobs))
+    budget = _mem.resolve_budget(max_bytes)
+    try:
+        with f:
+            return _hdf5_layers(f, path, h5py, _mem.Reservation(budget))
+    except CaffeCompatError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        # h5py reports corrupt metadata / chunks from many places
+        raise WeightsError(f"{path}: corrupt HDF5 file: {type(e).__name__}: {e}") from None
+
+
+def _hard_member(f, group, key: str, where: str, h5py):
+    """``group[key]`` if it is a hard link (soft and external links are refused, never followed)."""
+    link = group.get(key, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise WeightsError(f"{where}: is a {type(link).__name__}; Caffe's HDF5 layout has no links")
+    return group[key]
+
+
+def _hdf5_layers(f, path: Path, h5py, reservation) -> List[Tuple[str, str, List[WeightBlob]]]:
+    if "data" not in f.keys():
+        raise WeightsError(f"{path}: HDF5 file without a 'data' group: not Caffe's .caffemodel.h5 layout "
+                           f"(top-level keys: {list(f.keys())[:20]})")
+    data = _hard_member(f, f, "data", f"{path}: /data", h5py)
+    if not isinstance(data, h5py.Group):
+        raise WeightsError(f"{path}: /data is not a group: not Caffe's .caffemodel.h5 layout")
+    out = []
+    for lname in data.keys():
+        grp = _hard_member(f, data, lname, f"{path}: /data/{lname}", h5py)
+        if not isinstance(grp, h5py.Group):
+            raise WeightsError(f"{path}: /data/{lname} is not a group: not Caffe's HDF5 layout")
+        keys = list(grp.keys())
+        if any(not (k.isascii() and k.isdigit()) for k in keys):
+            raise WeightsError(f"{path}: /data/{lname} holds {keys[:20]}; Caffe's layout names blobs 0, 1, ...")
+        idx = sorted(int(k) for k in keys)
+        if idx and idx[-1] >= MAX_HDF5_BLOBS_PER_LAYER:
+            raise WeightsError(f"{path}: /data/{lname} has a blob numbered {idx[-1]}; Caffe layers have "
+                               f"far fewer than {MAX_HDF5_BLOBS_PER_LAYER} blobs")
+        # Caffe's ToHDF5 leaves out shared blobs, so indices may have gaps: None marks them.
+        blobs: List[Optional[WeightBlob]] = [None] * (idx[-1] + 1 if idx else 0)
+        for i in idx:
+            where = f"{path}: /data/{lname}/{i}"
+            ds = _hard_member(f, grp, str(i), where, h5py)
+            if not isinstance(ds, h5py.Dataset):
+                raise WeightsError(f"{where} is not a dataset")
+            if ds.dtype not in (np.float32, np.float64):
+                raise WeightsError(f"{where} has dtype {ds.dtype}, expected float32/64")
+            shape = tuple(ds.shape) if ds.shape is not None else None
+            if shape is None:
+                raise WeightsError(f"{where} is an empty (null-shaped) dataset")
+            if len(shape) > MAX_BLOB_AXES:
+                raise WeightsError(f"{where}: shape has {len(shape)} axes, more than Caffe's limit of {MAX_BLOB_AXES}")
+            count = math.prod(shape)
+            if count > MAX_BLOB_ELEMENTS:
+                raise WeightsError(f"{where}: declared shape {list(shape)} has {count} elements, more than the "
+                                   f"limit {MAX_BLOB_ELEMENTS}")
+            reservation.reserve(count * ds.dtype.itemsize, f"{where} (declared shape {list(shape)}, {ds.dtype})")
+            arr = np.asarray(ds[()])
+            if arr.shape != shape:
+                raise WeightsError(f"{where}: read shape {list(arr.shape)} differs from the declared {list(shape)}")
+            blobs[i] = WeightBlob(arr)
+        out.append((lname, "", blobs))
     return out
 
 
@@ -209,16 +272,26 @@ def is_hdf5(path: PathLike) -> bool:
         raise WeightsError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def read_weights(path: PathLike) -> List[Tuple[str, str, List[WeightBlob]]]:
+def read_weights(path: PathLike, max_bytes: Optional[int] = None) -> List[Tuple[str, str, List[WeightBlob]]]:
     """Read ``[(layer name, type, [WeightBlob])]`` from a caffemodel or Caffe HDF5 file.
 
     The format is chosen by content (HDF5 signature), not by extension.  HDF5
-    files carry no layer types (empty string).
+    files carry no layer types (empty string).  ``max_bytes``: memory budget
+    (see :mod:`caffe_compat.memory`) that HDF5 datasets' declared sizes are
+    checked against before they are read; a caffemodel must fit in memory
+    twice (the file and its arrays).
     """
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"{p}: no such weights file")
-    return _read_hdf5(p) if is_hdf5(p) else _read_caffemodel(p)
+    try:
+        if not p.is_file():
+            raise WeightsError(f"{p}: no such weights file")
+        if is_hdf5(p):
+            return _read_hdf5(p, max_bytes)
+        size = p.stat().st_size
+    except (OSError, ValueError) as e:  # e.g. a NUL byte or an over-long name
+        raise WeightsError(f"{p}: cannot read: {e}") from None
+    _mem.check_fits(2 * size, f"{p}: reading the caffemodel ({size:,} bytes)", _mem.resolve_budget(max_bytes))
+    return _read_caffemodel(p)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -233,7 +306,7 @@ def _shape_fits(blob: WeightBlob, target: Tuple[int, ...]) -> bool:
 
 def load_into_net(net: "Net", path: PathLike, strict: bool = True) -> LoadReport:
     """Copy a weights file into ``net`` by layer name; see the module docstring."""
-    layers = read_weights(path)
+    layers = read_weights(path, getattr(net, "max_bytes", None))
     hdf5 = is_hdf5(path)
     report = LoadReport()
     first_index = {}
@@ -372,7 +445,7 @@ def _write_hdf5(net: "Net", filename: str) -> None:
     with h5py.File(filename, "w") as f:
         data = f.create_group("data")
         for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):
-            if not name or "/" in name or name in (".", ".."):
+            if not name or "/" in name or "\0" in name or name in (".", ".."):
                 raise WeightsError(f"cannot write HDF5: layer name {name!r} cannot be an HDF5 group name "
                                    f"(Caffe's layout has one group per layer name); save as .caffemodel")
             if name in data:

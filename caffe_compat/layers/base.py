@@ -62,6 +62,8 @@ class BuildContext:
         shared_blobs: blob index -> the Parameter an earlier layer owns under
             the same ``param { name }``; :meth:`Layer.add_blob` reuses it (when
             the shape matches) instead of allocating and filling a copy.
+        memory: a :class:`caffe_compat.memory.Reservation` that :meth:`Layer.add_blob`
+            charges before allocating (``None``: no budget).
     """
 
     phase: str = "TEST"
@@ -70,6 +72,7 @@ class BuildContext:
     dtype: torch.dtype = torch.float32
     source: str = "<string>"
     shared_blobs: Dict[int, nn.Parameter] = field(default_factory=dict)
+    memory: Optional[object] = None
 
 
 def check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
@@ -159,6 +162,10 @@ class Layer(nn.Module):
         if shared is not None and tuple(shared.shape) == shape:
             self.blobs.append(shared)
             return shared
+        if self.ctx.memory is not None and self.ctx.device.type != "meta":
+            self.ctx.memory.reserve(math.prod(shape) * self.ctx.dtype.itemsize,
+                                    f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
+                                    f"{len(self.blobs)} of shape {list(shape)}")
         data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
         if data.device.type != "meta":
             # Fill on the CPU with the net's CPU generator, then move: the same seeded
