@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple, Union
@@ -164,8 +165,13 @@ def check_snapshot_folder(prefix: str, source: str) -> None:
     folder = Path(prefix).parent if str(Path(prefix).parent) else Path(".")
     if not folder.is_dir():
         raise _fail(source, f"snapshot_prefix '{prefix}': the folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise _fail(source, f"snapshot_prefix '{prefix}': the folder '{folder}' is not writable")
+    try:  # a probe file, as Caffe's CheckSnapshotWritePermissions (access() says yes to root)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=str(folder))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _fail(source, f"snapshot_prefix '{prefix}': the folder '{folder}' is not writable: "
+                            f"{e.strerror or e}") from None
 
 
 def read_solver(path: PathLike, defines: Optional[Mapping[str, object]] = None, *,
