@@ -72,6 +72,7 @@ class HDF5DataLayer(Layer):
         self._row = 0                   # index into _row_order
         self._row_order: List[int] = []
         self._data: Optional[List[np.ndarray]] = None
+        self._rank, self._world, self._offset = 0, 1, 0
         if self.shuffle:
             self._file_order = self._perm(len(self.files))
 
@@ -146,6 +147,10 @@ class HDF5DataLayer(Layer):
         for i in range(self.batch_size):
             if self._data is None:
                 self._load_file()
+            while self._skip():
+                self._next_row()
+                if self._data is None:
+                    self._load_file()
             r = self._row_order[self._row]
             for o, arr in zip(out, self._data):
                 o[i] = arr[r]
@@ -156,11 +161,23 @@ class HDF5DataLayer(Layer):
                 raise self.error(f"top '{t}' read NaN or Inf from '{self.source}'", DataError)
         return tops
 
+    def _skip(self) -> bool:
+        """Data parallel: process ``rank`` keeps rows ``rank, rank + world, ...`` of the stream (Caffe's rule)."""
+        keep = self._offset % self._world == self._rank
+        self._offset += 1
+        return not keep
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Read only this process's share of the rows (set by the solver under ``torchrun``)."""
+        if not 0 <= rank < world_size:
+            raise self.error(f"invalid shard {rank} of {world_size}")
+        self._rank, self._world = int(rank), int(world_size)
+
     # -- position ----------------------------------------------------------------
     def data_state(self) -> dict:
         """The read position (plain ints and lists: ``torch.load(weights_only=True)`` reads it)."""
         return {"file_order": list(self._file_order), "file_pos": self._file_pos, "row": self._row,
-                "row_order": list(self._row_order)}
+                "row_order": list(self._row_order), "offset": self._offset}
 
     def set_data_state(self, state: dict) -> None:
         """Continue reading where :meth:`data_state` was taken."""
@@ -173,6 +190,7 @@ class HDF5DataLayer(Layer):
         if sorted(order) != list(range(len(self.files))) or not 0 <= pos < len(self.files):
             raise self.error("saved read position is for a different file list", DataError)
         self._file_order, self._file_pos, self._row, self._row_order = order, pos, row, rows
+        self._offset = int(state.get("offset", 0))
         self._data = None
         self._load_file()
         self._row_order = rows  # _load_file reshuffles; keep the saved order
