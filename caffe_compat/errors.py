@@ -66,3 +66,7 @@ class LayerRuntimeError(CaffeCompatError):
 
     The message names the layer and its type.
     """
+
+
+class SolverError(CaffeCompatError):
+    """A solver file or a solver state is invalid or does not fit the net (names the file and field)."""
