@@ -91,6 +91,7 @@ class CupyBackend:
         self._cupy = cupy_module
         self._modules: Dict[Tuple[int, torch.dtype], object] = {}
         self._lock = threading.Lock()
+        self.launches: Dict[str, int] = {}  # kernel name -> launches (tests check the kernels ran)
 
     def _module(self, device_index: int, dtype: torch.dtype):
         key = (device_index, dtype)
@@ -120,6 +121,7 @@ class CupyBackend:
                 # from_dlpack: zero-copy views of the torch tensors, on torch's current stream
                 cargs = tuple(cp.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args)
                 fn(grid, block, cargs)
+        self.launches[name] = self.launches.get(name, 0) + 1
 
 
 _lock = threading.Lock()

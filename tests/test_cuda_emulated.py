@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cuda_support import emulator
+from cuda_support import ON_GPU, kernel_backend, on_kernels, run_both
 
 from caffe_compat import cuda
 from caffe_compat.layers.geometry import ConvGeometry
@@ -41,14 +41,7 @@ def _noncontig(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(2, 3).contiguous().transpose(2, 3)
 
 
-def _both(fn, *args):
-    """(torch path result, kernel result, kernels launched)."""
-    ref = fn(*args)
-    emu = emulator()
-    before = sum(emu.launches.values())
-    with cuda.emulate_on_cpu(emu):
-        got = fn(*args)
-    return ref, got, sum(emu.launches.values()) - before
+_both = run_both
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -80,8 +73,8 @@ def test_window_distances_backward(geom, dtype):
 @pytest.mark.parametrize("geom", GEOMS[1:3], ids=IDS[1:3])
 def test_im2dist_gradcheck_through_kernels(geom):
     torch.manual_seed(3)
-    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-    with cuda.emulate_on_cpu(emulator()):
+    with on_kernels() as dev:
+        x = torch.randn(2, 2, 5, 6, dtype=torch.float64, device=dev, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: i2d.im2dist(t, geom, "L2", True, True), (x,))
         # L1 away from ties (random normals have none)
         assert torch.autograd.gradcheck(lambda t: i2d.im2dist(t, geom, "L1"), (x,), atol=1e-6)
@@ -142,7 +135,7 @@ def test_masked_window_sum_forward_backward(geom, dtype, weighted):
     def run(img, A, w):
         leaves = [t.clone().requires_grad_() for t in (img, A)] + ([w.clone().requires_grad_()] if w is not None else [])
         y = nc.masked_window_sum(leaves[0], leaves[1], geom, leaves[2] if w is not None else None, group)
-        y.backward(gy)
+        y.backward(gy.to(y.device))
         return [y.detach()] + [t.grad for t in leaves]
 
     ref, got, n = _both(run, img, A, w)
@@ -158,7 +151,8 @@ def test_masked_window_sum_gradcheck_through_kernels(weighted):
     img = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     A = torch.rand(2, geom.taps, *geom.output_size(5, 6), dtype=torch.float64, requires_grad=True)
     args = (img, A) + ((torch.randn(3, 2, *geom.kernel, dtype=torch.float64, requires_grad=True),) if weighted else ())
-    with cuda.emulate_on_cpu(emulator()):
+    with on_kernels() as dev:
+        args = [a.detach().to(dev).requires_grad_() for a in args]
         assert torch.autograd.gradcheck(lambda *t: nc.masked_window_sum(t[0], t[1], geom, *t[2:]), args)
 
 
@@ -171,15 +165,15 @@ def test_channel_softmax(dtype):
     def run(x):
         x = x.clone().requires_grad_()
         y = mf.ChannelSoftmax.apply(x)
-        y.backward(gy)
+        y.backward(gy.to(y.device))
         return y.detach(), x.grad
 
     (yr, gr), (yg, gg), n = _both(run, x)
     assert n == 2
     torch.testing.assert_close(yg, yr, **TOL[dtype])
     torch.testing.assert_close(gg, gr, **TOL[dtype])
-    x64 = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
-    with cuda.emulate_on_cpu(emulator()):
+    with on_kernels() as dev:
+        x64 = torch.randn(2, 4, 3, 5, dtype=torch.float64, device=dev, requires_grad=True)
         assert torch.autograd.gradcheck(mf.ChannelSoftmax.apply, (x64,))
 
 
@@ -192,10 +186,10 @@ def test_normconv_mask_and_layer_through_kernels():
     w = torch.randn(3, 2, *geom.kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     s = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
-    with cuda.emulate_on_cpu(emulator()):
+    with on_kernels() as dev:
+        args = [a.detach().to(dev).requires_grad_() for a in (img, emb, w, b, s)]
         assert torch.autograd.gradcheck(
-            lambda *t: nc.norm_conv(t[0], t[1], t[2], t[3], t[4], geom, 1, nc.L2, True, True),
-            (img, emb, w, b, s))
+            lambda *t: nc.norm_conv(t[0], t[1], t[2], t[3], t[4], geom, 1, nc.L2, True, True), args)
 
     C, H, W = 3, 7, 9
     kern = mf.MeanfieldKernel(ConvGeometry((5, 5), (1, 1), (4, 4), (2, 2)), 0.8)
@@ -212,10 +206,8 @@ def test_normconv_mask_and_layer_through_kernels():
     gq = torch.randn(2, C, H, W, dtype=torch.float64)
 
     def run(*t):
-        for a in t:
-            a.grad = None
         q = crf(*t)
-        q.backward(gq)
+        q.backward(gq.to(q.device))
         return [q.detach()] + [a.grad.clone() for a in t]
 
     ref, got, n = _both(run, *args)
@@ -225,7 +217,9 @@ def test_normconv_mask_and_layer_through_kernels():
 
 
 def test_emulator_checks_argument_types():
-    emu = emulator()
+    if ON_GPU:
+        pytest.skip("emulator only")
+    emu = kernel_backend()
     x = torch.zeros(4)
     with pytest.raises(EmulatorError, match="argument 2"):
         emu.run("softmax_axis1_fwd_f32", (1, 1, 1), (4, 1, 1), (x, x, 1, np.int32(1), np.int64(4)))
@@ -249,10 +243,12 @@ def test_cuda_tensors_without_cupy_warn_once(monkeypatch):
 
 
 def test_dispatch_rules():
+    if ON_GPU:
+        pytest.skip("emulator only")
     x = torch.zeros(2)
     assert cuda.backend_for(x) is None                    # CPU: torch path
     assert cuda.backend_for(x.half()) is None
-    emu = emulator()
+    emu = kernel_backend()
     with cuda.emulate_on_cpu(emu):
         assert cuda.backend_for(x) is emu
         assert cuda.backend_for(x.half()) is None         # no half kernels: torch path

@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cuda_support import emulator
+from cuda_support import kernel_backend, on_kernels
 from golden import GOLDEN, assert_results, golden_index, run_case, set_params, template_defines
 
 import caffe_compat
-from caffe_compat import cuda
 
 KERNEL_LAYERS = ("Im2dist", "Im2parity", "DistLoss", "NormConvMeanfield", "NormConv")
 CASES = {k: v for k, v in golden_index("layers").items()
@@ -26,12 +25,13 @@ def test_golden_layer_case_on_kernels(case):
         pytest.skip(f"reference material not available: {GOLDEN / 'layers'} does not exist")
     meta = CASES[case]
     npz = np.load(GOLDEN / "layers" / meta["file"])
-    emu = emulator()
-    before = sum(emu.launches.values())
-    with cuda.emulate_on_cpu(emu):
+    backend = kernel_backend()
+    before = sum(backend.launches.values())
+    with on_kernels() as dev:
         net = caffe_compat.Net.from_string(str(npz["prototxt"]), phase=meta.get("phase", "TEST"),
                                            defines=template_defines(), source=case)
         set_params(net, npz)
+        net.to(dev)
         results = run_case(net, npz, check_backward=meta.get("backward", True))
-    assert sum(emu.launches.values()) > before, "no kernel ran"
+    assert sum(backend.launches.values()) > before, "no kernel ran"
     assert_results(results)
