@@ -13,7 +13,8 @@ Dispatch: :func:`backend_for` returns the backend an operation should use for a 
   'caffe_compat[cuda]'`` installs a cupy matching torch's CUDA);
 * a CPU tensor -> ``None``, unless a CPU backend was installed with :func:`emulate_on_cpu`
   (tests and tools run the very same kernels on the CPU through ``caffe_compat._cuda_emu``);
-* other dtypes (half, bfloat16) -> ``None``.
+* other dtypes (half, bfloat16) -> ``None``;
+* anything inside :func:`torch_path_only` -> ``None``.
 
 Kernel arguments follow cupy's convention: a launch is ``(grid, block, args)`` where ``args`` holds
 tensors (device pointers) and numpy scalars whose types match the kernel signature exactly
@@ -32,7 +33,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 
 __all__ = ["KERNEL_DIR", "KERNEL_FILES", "DTYPE_SUFFIX", "THREADS_PER_BLOCK", "kernel_source",
-           "kernel_names", "CupyBackend", "backend_for", "emulate_on_cpu", "launch"]
+           "kernel_names", "CupyBackend", "backend_for", "emulate_on_cpu", "torch_path_only", "launch"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ _lock = threading.Lock()
 _cupy_backend: Optional[CupyBackend] = None
 _cupy_missing_warned = False
 _cpu_backend = None
+_torch_path_only = False
 
 
 def _get_cupy_backend() -> Optional[CupyBackend]:
@@ -150,7 +152,7 @@ def _get_cupy_backend() -> Optional[CupyBackend]:
 
 def backend_for(tensor: Optional[torch.Tensor]):
     """The kernel backend for an operation on ``tensor``, or ``None`` for the torch path."""
-    if tensor is None or tensor.dtype not in DTYPE_SUFFIX:
+    if tensor is None or _torch_path_only or tensor.dtype not in DTYPE_SUFFIX:
         return None
     kind = tensor.device.type
     if kind == "cuda":
@@ -173,6 +175,17 @@ def emulate_on_cpu(backend):
         yield backend
     finally:
         _cpu_backend = previous
+
+
+@contextlib.contextmanager
+def torch_path_only():
+    """Within the block every operation takes the torch path, on every device (benchmarks, debugging)."""
+    global _torch_path_only
+    previous, _torch_path_only = _torch_path_only, True
+    try:
+        yield
+    finally:
+        _torch_path_only = previous
 
 
 def launch(backend, name: str, dtype: torch.dtype, total: int, *args) -> None:

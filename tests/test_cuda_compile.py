@@ -59,3 +59,16 @@ def test_every_kernel_is_an_entry_point():
     # every kernel file defines at least one kernel
     for name in cuda.KERNEL_FILES:
         assert cuda.kernel_names((name,)), name
+
+
+def test_gpu_check_smoke_runs(tmp_path):
+    """tools/gpu_check.py (the one command for a lent GPU) runs end to end in --smoke mode."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gpu_check.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and "operation" not in l]
+    assert len(rows) == 3 and all("x |" in r for r in rows), proc.stdout
