@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import cuda, cuda_ops
 from ..errors import ShapeError
 from .im2parity import as_c_int
 
@@ -73,7 +74,12 @@ class DistLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dist, parity, alpha, beta, ignore_label, first_image_only):
-        m, _ = dist_loss_terms(dist, parity, alpha, beta, ignore_label, first_image_only)
+        backend = cuda.backend_for(dist)  # [cuda dispatch]
+        ign = None if ignore_label is None else as_c_int(ignore_label)
+        if backend is not None:
+            m = cuda_ops.dist_loss_margins(backend, dist, parity, alpha, beta, ign, first_image_only)
+        else:
+            m, _ = dist_loss_terms(dist, parity, alpha, beta, ignore_label, first_image_only)
         count = dist.numel()
         ctx.params = (alpha, beta, ignore_label, first_image_only)
         # Save the inputs (kept alive by the net anyway), recompute g in backward.
@@ -86,7 +92,12 @@ class DistLossFunction(torch.autograd.Function):
         # grad_loss (the loss weight) is ignored on purpose: the fork never reads its top diff.
         dist, parity = ctx.saved_tensors
         ddist = None
-        if ctx.needs_input_grad[0]:
+        backend = cuda.backend_for(dist)  # [cuda dispatch]
+        if ctx.needs_input_grad[0] and backend is not None:
+            alpha, beta, ignore_label, first = ctx.params
+            ign = None if ignore_label is None else as_c_int(ignore_label)
+            ddist = cuda_ops.dist_loss_gradient(backend, dist, parity, alpha, beta, ign, first)
+        elif ctx.needs_input_grad[0]:
             _, g = dist_loss_terms(dist, parity, *ctx.params)
             count = dist.numel()
             # the fork scales by Dtype(1)/count (a multiplication, not a division)

@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .. import cuda, cuda_ops
 from ..errors import ShapeError
 from .im2col import centre_outside_any, centre_tap, output_size, unfold_args, window_masks
 
@@ -74,6 +75,10 @@ def im2parity(labels: torch.Tensor, geometry, ignore_label: Optional[int] = None
             f"im2parity_param.ignore_label is not set (set it, or use pad <= (kernel//2)*dilation)")
     if labels.is_meta:
         return labels.new_empty((n, k, ho, wo))
+    backend = cuda.backend_for(labels)  # [cuda dispatch]
+    if backend is not None and labels.numel():
+        return cuda_ops.im2parity(backend, labels, geometry,
+                                  None if ignore_label is None else as_c_int(ignore_label))
     with torch.no_grad():
         if labels.numel() == 0:
             return labels.new_zeros((n, k, ho, wo)).fill_(0 if ignore_label is None else as_c_int(ignore_label))

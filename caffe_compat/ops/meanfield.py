@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import cuda, cuda_ops
 from ..errors import ShapeError
 from .norm_conv import L2, Window, masked_window_sum, normconv_mask
 
@@ -69,8 +70,12 @@ class ChannelSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = (x - x.amax(1, keepdim=True)).exp_()
-        y /= y.sum(1, keepdim=True)
+        backend = cuda.backend_for(x)  # [cuda dispatch]
+        if backend is not None:
+            y = cuda_ops.softmax_axis1(backend, x)
+        else:
+            y = (x - x.amax(1, keepdim=True)).exp_()
+            y /= y.sum(1, keepdim=True)
         ctx.save_for_backward(y)
         return y
 
@@ -78,6 +83,9 @@ class ChannelSoftmax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         (y,) = ctx.saved_tensors
+        backend = cuda.backend_for(y)  # [cuda dispatch]
+        if backend is not None:
+            return cuda_ops.softmax_axis1_backward(backend, y, gy)
         return y * (gy - (gy * y).sum(1, keepdim=True))
 
 

@@ -76,6 +76,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from .. import cuda, cuda_ops
 from ..layers.geometry import ConvGeometry
 
 #: Caffe's ``FLT_MAX/100`` (computed in float32 as the fork does): the distance
@@ -270,6 +271,10 @@ def window_distances(emb: torch.Tensor, geom, norm: int = L2, remove_center: boo
     ``chunk_elements`` bounds the channel chunks (default :data:`CHUNK_ELEMENTS`).
     """
     geom = _as_window(geom)
+    backend = cuda.backend_for(emb)  # [cuda dispatch] the CUDA kernel when one applies
+    if backend is not None:
+        return cuda_ops.window_distances(backend, emb, geom, norm == L1, bool(remove_center),
+                                         bool(remove_bounds), FLT_MAX_OVER_100)
     N, _, H, W = emb.shape
     plan = _plan(geom, H, W)
     K = geom.taps
@@ -314,6 +319,9 @@ def window_distances_backward(emb: torch.Tensor, dD: torch.Tensor, geom, norm: i
     memory: one ``(N, E, H, W)`` difference buffer per offset pair.
     """
     geom = _as_window(geom)
+    backend = cuda.backend_for(emb)  # [cuda dispatch]
+    if backend is not None:
+        return cuda_ops.window_distances_backward(backend, emb, dD, geom, norm == L1)
     N, E, H, W = emb.shape
     plan = _plan(geom, H, W)
     demb = torch.zeros_like(emb)
@@ -373,8 +381,12 @@ class NormConvMask(torch.autograd.Function):
         else:
             Z = D * (-scale.reshape(()).to(D.dtype))
         # Caffe's softmax: subtract the per-position max over taps, exp, divide by the sum
-        A = (Z - Z.amax(1, keepdim=True)).exp_()
-        A /= A.sum(1, keepdim=True)
+        backend = cuda.backend_for(Z)  # [cuda dispatch]
+        if backend is not None:
+            A = cuda_ops.softmax_axis1(backend, Z)
+        else:
+            A = (Z - Z.amax(1, keepdim=True)).exp_()
+            A /= A.sum(1, keepdim=True)
         ctx.geom, ctx.norm = geom, norm
         ctx.has_scale = scale is not None
         ctx.save_for_backward(emb, A, D, scale if scale is not None else emb.new_zeros(()))
@@ -389,7 +401,11 @@ class NormConvMask(torch.autograd.Function):
         if not (need_emb or need_scale):
             return None, None, None, None, None, None
         gA = gA.contiguous()
-        dZ = A * (gA - (A * gA).sum(1, keepdim=True))
+        backend = cuda.backend_for(A)  # [cuda dispatch]
+        if backend is not None:
+            dZ = cuda_ops.softmax_axis1_backward(backend, A, gA)
+        else:
+            dZ = A * (gA - (A * gA).sum(1, keepdim=True))
         if need_scale and ctx.has_scale:
             s = scale.reshape(()).to(D.dtype)
             # reference distance of the most weighted tap: min D for s >= 0, max D for s < 0
@@ -449,6 +465,11 @@ class MaskedWindowSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img, A, weight, geom, group):
+        ctx.geom, ctx.group, ctx.depthwise = geom, group, weight is None
+        backend = cuda.backend_for(img)  # [cuda dispatch]
+        if backend is not None:
+            ctx.save_for_backward(img, A, weight if weight is not None else img.new_zeros(()))
+            return cuda_ops.masked_window_sum_forward(backend, img, A, weight, geom, group)
         N, C, H, W = img.shape
         plan = _plan(geom, H, W)
         O = C if weight is None else weight.shape[0]
@@ -473,6 +494,12 @@ class MaskedWindowSum(torch.autograd.Function):
         img, A, weight = ctx.saved_tensors
         geom, group, depthwise = ctx.geom, ctx.group, ctx.depthwise
         need_img, need_A, need_w = ctx.needs_input_grad[:3]
+        backend = cuda.backend_for(img)  # [cuda dispatch]
+        if backend is not None:
+            dimg, dA, dW = cuda_ops.masked_window_sum_backward(
+                backend, gy, img, A, None if depthwise else weight, geom, group, need_img, need_A,
+                need_w and not depthwise)
+            return dimg, dA, dW, None, None
         N, C, H, W = img.shape
         plan = _plan(geom, H, W)
         gy = gy.contiguous()
