@@ -174,7 +174,7 @@ def is_checkpoint_file(path: PathLike) -> bool:
     try:
         with open(path, "rb") as fh:
             return fh.read(4) == _ZIP_MAGIC
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -200,10 +200,16 @@ def read_checkpoint(path: PathLike) -> dict:
     a caffe_compat checkpoint, or of another format/version.
     """
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"{p}: no such checkpoint file")
-    if p.stat().st_size == 0:
+    try:
+        if not p.is_file():
+            raise WeightsError(f"{p}: no such checkpoint file")
+        size = p.stat().st_size
+    except (OSError, ValueError) as e:  # a NUL byte, an over-long name
+        raise WeightsError(f"{str(path)!r}: cannot read: {e}") from None
+    if size == 0:
         raise WeightsError(f"{p}: empty file, not a checkpoint")
+    from . import memory as _mem
+    _mem.check_fits(2 * size, f"{p}: reading the checkpoint ({size:,} bytes)", _mem.resolve_budget())
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
@@ -247,6 +253,21 @@ def validate_checkpoint(obj, where: str = "<checkpoint>") -> None:
     bad = [k for k, v in obj["shared"].items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise WeightsError(f"{where}: invalid 'shared' entries: {bad[:5]}")
+    if isinstance(obj["level"], bool) or not all(isinstance(s, str) for s in obj["stages"]):
+        raise WeightsError(f"{where}: checkpoint fields 'level' (an int) / 'stages' (strings) are invalid")
+    optional = {"template": (str, type(None)), "defines": dict, "param_names": dict, "inputs": dict,
+                "outputs": list, "net_name": str}
+    for key, typ in optional.items():
+        if key in obj and not isinstance(obj[key], typ):
+            raise WeightsError(f"{where}: checkpoint field '{key}' has the wrong type {type(obj[key]).__name__}")
+    bad = [k for k, v in (obj.get("defines") or {}).items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise WeightsError(f"{where}: checkpoint field 'defines' must map names to strings: {bad[:5]}")
+    bad = [k for k, v in obj["state_dict"].items()
+           if v.layout != torch.strided or v.is_quantized or v.is_meta]
+    if bad:
+        raise WeightsError(f"{where}: state_dict tensors that are not dense tensors (sparse, quantized, meta): "
+                           f"{bad[:5]}")
 
 
 def load_state_into(net: "Net", ckpt: dict, where: str = "<checkpoint>", strict: bool = True,

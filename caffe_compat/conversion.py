@@ -74,7 +74,7 @@ def net_with_weights(prototxt: PathLike, weights: Optional[PathLike] = None, *, 
 def _same_file(a: PathLike, b: PathLike) -> bool:
     try:
         return os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -103,6 +103,9 @@ def convert(prototxt: Optional[PathLike], weights: PathLike, out: PathLike, to: 
         raise CaffeCompatError(f"unknown output format {to!r}; choose one of {', '.join(FORMATS)}")
     if prototxt is not None and str(prototxt) == "-":
         prototxt = None
+    for p in (prototxt, weights, out):
+        if p is not None and "\0" in str(p):
+            raise CaffeCompatError(f"{str(p)!r}: a path cannot contain a NUL character")
     if not Path(weights).is_file():
         raise WeightsError(f"{weights}: no such weights file")
     for src in (weights, prototxt):

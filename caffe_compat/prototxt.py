@@ -103,7 +103,9 @@ def read_text(path: PathLike) -> tuple:
     except FileNotFoundError:
         raise PrototxtError(f"{p}: no such file") from None
     except OSError as e:
-        raise PrototxtError(f"{p}: cannot read: {e.strerror}") from None
+        raise PrototxtError(f"{p}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the name
+        raise PrototxtError(f"{str(path)!r}: cannot read: {e}") from None
     try:
         return data.decode("utf-8"), str(p)
     except UnicodeDecodeError:

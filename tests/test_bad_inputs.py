@@ -295,3 +295,75 @@ def test_h5_save_of_nul_layer_name(tmp_path):
 def test_over_long_output_name(tmp_path):
     with pytest.raises(WeightsError, match="cannot write"):
         _net().save(tmp_path / ("x" * 300 + ".caffemodel"))
+
+
+# ----------------------------------------------------------------------------- checkpoints, CLI
+def _ckpt(tmp_path, edit):
+    path = tmp_path / "c.pt"
+    _net().save_checkpoint(path)
+    obj = torch.load(path, weights_only=True)
+    edit(obj)
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("edit", [
+    lambda o: o.__setitem__("defines", ["A", "B"]),
+    lambda o: o.__setitem__("defines", torch.zeros(3)),
+    lambda o: o.__setitem__("template", 7),
+    lambda o: o["state_dict"].__setitem__("conv/0", o["state_dict"]["conv/0"].to_sparse()),
+    lambda o: o.__setitem__("stages", [1]),
+])
+def test_checkpoint_bad_fields(tmp_path, edit):
+    path = _ckpt(tmp_path, edit)
+    with pytest.raises(WeightsError, match=r"c.pt: (checkpoint|state_dict)"):
+        cc.Net.from_checkpoint(path)
+    with pytest.raises(WeightsError, match=r"c.pt: (checkpoint|state_dict)"):
+        _net().load_weights(path)
+
+
+def test_nul_paths_in_readers_and_convert(tmp_path):
+    from caffe_compat.conversion import convert
+    with pytest.raises(CaffeCompatError, match="NUL|null"):
+        cc.Net(str(tmp_path / "a\0.prototxt"))
+    with pytest.raises(CaffeCompatError):
+        _net().load_weights(str(tmp_path / "a\0.caffemodel"))
+    with pytest.raises(CaffeCompatError):
+        cc.Net.from_checkpoint(str(tmp_path / "a\0.pt"))
+    proto = tmp_path / "n.prototxt"
+    proto.write_text(CONV)
+    w = tmp_path / "w.caffemodel"
+    _net().save(w)
+    with pytest.raises(CaffeCompatError, match="NUL"):
+        convert(proto, w, str(tmp_path / "o\0.pt"))
+
+
+def test_cli_prints_message_without_traceback(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text("layer { name: ")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "caffe_compat", *a], capture_output=True, text=True)
+    r = run("info", str(bad))
+    assert r.returncode == 2 and "bad.prototxt" in r.stderr and "Traceback" not in r.stderr
+    r = run("-v", "info", str(bad))
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_cli_internal_error_is_one_line(tmp_path, caplog, monkeypatch):
+    from caffe_compat import cli
+    build = cli.build_parser
+
+    def build_parser():   # every command fails with a plain KeyError
+        parser = build()
+        for action in parser._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(func=lambda args: {}["boom"])
+        return parser
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    assert cli.main(["info", str(tmp_path / "x.prototxt")]) == 1
+    rec = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert rec and "KeyError" in rec[0].getMessage() and not rec[0].exc_info
+    caplog.clear()
+    assert cli.main(["-v", "info", str(tmp_path / "x.prototxt")]) == 1
+    assert [r for r in caplog.records if "internal error" in r.getMessage()][0].exc_info

@@ -69,14 +69,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Errors: the message only, the traceback with -v (no command ends in a bare traceback).
     try:
         rc = args.func(args)
     except CaffeCompatError as e:
-        log.error("%s", e)
+        log.error("%s", e, exc_info=args.verbose > 0)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as e:  # a bug, or an error not yet turned into a CaffeCompatError
+        first = (str(e).strip().splitlines() or [""])[0]
+        log.error("internal error: %s: %s%s", type(e).__name__, first,
+                  "" if args.verbose else " (run with -v for the traceback)", exc_info=args.verbose > 0)
+        return 1
     return int(rc or 0)
 
 

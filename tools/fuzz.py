@@ -1,0 +1,793 @@
+#!/usr/bin/env python3
+"""Mutation fuzzer of caffe_compat's public API: every case must succeed or raise a CaffeCompatError.
+
+    python tools/fuzz.py --cases 10000 [--families prototxt,hdf5] [--seed 0] [--jobs 1]
+                         [--batch 200] [--case-timeout 10] [--mem-gib 4] [--markdown]
+
+Families (seeded mutations of valid files / calls):
+
+* ``prototxt``   net text: numbers replaced by boundary values, lines dropped, duplicated or swapped,
+                 layer types and blob names exchanged, bytes inserted, truncation; then build,
+                 ``infer_shapes`` and a forward at the declared input size.
+* ``caffemodel`` a net's binary weights, mutated structurally (shapes, packed data, names) or bytewise.
+* ``hdf5``       Caffe HDF5 weights: links, odd blob names, huge declared (chunked, compressed)
+                 datasets, wrong dtypes, groups for datasets, byte flips.
+* ``checkpoint`` native ``.pt`` checkpoints: fields of the wrong type, sparse / odd tensors, zip damage.
+* ``pt2``        ``torch.export`` programs: damaged JSON and members, planted pickles.
+* ``forward``    ``Net.forward`` inputs: dtypes, layouts, devices, shapes (incl. zero-size), values.
+* ``mat``        ``.mat`` reading: Level-5 byte damage, v7.3 (HDF5) links and huge declared datasets.
+* ``writers``    every writer with odd paths (NUL, over-long, missing folder, a directory) and odd
+                 layer names; a failed write must leave no file behind.
+
+Cases run in child processes (many cases per child: importing torch dominates), under an
+address-space limit (``resource.setrlimit(RLIMIT_AS)``) and a per-case wall-clock watchdog.
+The child reports each case before and after running it, so a crash (signal, abort, hang) is
+attributed to the case that was running; the child is then restarted with the remaining cases.
+
+Outcomes: ``ok`` (the call succeeded), ``error`` (a CaffeCompatError: the wanted result for bad
+input), and the failures ``raw`` (any other exception escaped), ``torn`` (a writer left a
+partial/temporary file), ``crash`` (the child died) and ``timeout``; ``skip`` counts cases whose
+preparation (fuzzer code) failed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+FAILURES = ("raw", "torn", "crash", "timeout")
+OUTCOMES = ("ok", "error") + FAILURES + ("skip",)
+
+# ---------------------------------------------------------------------------------------- corpus
+#: Small valid nets covering the layer families; every one builds and runs in milliseconds.
+NETS = [
+    """name: "plain"
+input: "data" input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 1 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool1" top: "ip" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
+""",
+    """name: "shapes"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "up" type: "Interp" bottom: "data" top: "up" interp_param { zoom_factor: 2 } }
+layer { name: "tile" type: "Tile" bottom: "data" top: "tile" tile_param { axis: 1 tiles: 2 } }
+layer { name: "sl" type: "Slice" bottom: "tile" top: "a" top: "b" slice_param { axis: 1 slice_point: 3 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" concat_param { axis: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "cat" bottom: "tile" top: "sum" eltwise_param { operation: SUM } }
+layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "flat" type: "Flatten" bottom: "crop" top: "flat" }
+""",
+    """name: "segaware"
+input: "img" input_shape { dim: 1 dim: 2 dim: 5 dim: 5 }
+input: "emb" input_shape { dim: 1 dim: 3 dim: 5 dim: 5 }
+layer { name: "col" type: "Im2col" bottom: "img" top: "col" convolution_param { kernel_size: 3 pad: 1 } }
+layer { name: "dist" type: "Im2dist" bottom: "emb" top: "dist" convolution_param { kernel_size: 3 pad: 1 } }
+layer { name: "scale" type: "Power" bottom: "dist" top: "neg" power_param { scale: -1 } }
+layer { name: "mask" type: "Exp" bottom: "neg" top: "mask" }
+layer { name: "tilem" type: "Tile" bottom: "mask" top: "tilem" tile_param { axis: 1 tiles: 2 } }
+layer { name: "prod" type: "Eltwise" bottom: "col" bottom: "tilem" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "conv" type: "Convolution" bottom: "prod" top: "conv"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1 bottom_is_im2col: true } }
+layer { name: "red" type: "ChannelReduce" bottom: "mask" top: "red" channel_reduce_param { num_channels: 1 } }
+""",
+    """name: "norm"
+input: "data" input_shape { dim: 2 dim: 3 dim: 5 dim: 5 }
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" }
+layer { name: "sc" type: "Scale" bottom: "bn" top: "sc" scale_param { bias_term: true } }
+layer { name: "lrn" type: "LRN" bottom: "sc" top: "lrn" lrn_param { local_size: 3 } }
+layer { name: "drop" type: "Dropout" bottom: "lrn" top: "drop" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "deconv" type: "Deconvolution" bottom: "drop" top: "deconv"
+  convolution_param { num_output: 2 kernel_size: 4 stride: 2 pad: 1 } }
+layer { name: "mvn" type: "MVN" bottom: "deconv" top: "mvn" }
+layer { name: "am" type: "ArgMax" bottom: "mvn" top: "am" argmax_param { axis: 1 } }
+""",
+    """name: "losses"
+input: "data" input_shape { dim: 2 dim: 3 dim: 4 dim: 4 }
+input: "label" input_shape { dim: 2 dim: 1 dim: 4 dim: 4 }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" loss_param { ignore_label: 255 } }
+layer { name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc" }
+""",
+    """name: "v1"
+input: "data"
+input_dim: 1 input_dim: 2 input_dim: 6 input_dim: 6
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" blobs_lr: 1 blobs_lr: 2
+  convolution_param { num_output: 3 kernel_size: 3 } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: AVE kernel_size: 2 } }
+""",
+]
+
+INTERESTING = ["0", "-1", "1", "2", "3", "7", "255", "256", "65535", "65536", "2147483647", "2147483648",
+               "4294967295", "4294967296", "9223372036854775807", "18446744073709551616", "-2147483648",
+               "1000", "100000", "1e308", "-1e308", "1e-45", "nan", "inf", "-inf", "0.5", "1e10"]
+WEIRD_TEXT = ["\x00", "\xff", "\u00b2", "{", "}", "\"", "#", "${X}", "layer {", "\n", "\ud7ff", "é", ":"]
+_SIZE_CAP = 4_000_000   # the fuzzer itself never allocates inputs larger than this (elements)
+
+
+def _numbers(text):
+    import re
+    return [m.span() for m in re.finditer(r"(?<![A-Za-z_])-?\d+(?:\.\d+)?(?:e-?\d+)?", text)]
+
+
+def mutate_text(rng: random.Random, text: str) -> str:
+    """1-4 mutations of prototxt text."""
+    from caffe_compat.layers import REGISTRY, _load_builtin_layers
+    _load_builtin_layers()
+    types = sorted(REGISTRY)
+    for _ in range(rng.randint(1, 4)):
+        lines = text.split("\n")
+        op = rng.randrange(9)
+        if op <= 2:
+            spans = _numbers(text)
+            if spans:
+                a, b = rng.choice(spans)
+                text = text[:a] + rng.choice(INTERESTING) + text[b:]
+        elif op == 3 and len(lines) > 1:
+            del lines[rng.randrange(len(lines))]
+            text = "\n".join(lines)
+        elif op == 4:
+            i = rng.randrange(len(lines))
+            lines.insert(i, lines[i])
+            text = "\n".join(lines)
+        elif op == 5:
+            import re
+            quoted = [m.span(1) for m in re.finditer(r'"([^"\n]*)"', text)]
+            if quoted:
+                a, b = rng.choice(quoted)
+                c, d = rng.choice(quoted)
+                repl = rng.choice([text[c:d], rng.choice(types), ""])
+                text = text[:a] + repl + text[b:]
+        elif op == 6:
+            pos = rng.randrange(len(text) + 1)
+            text = text[:pos] + rng.choice(WEIRD_TEXT) + text[pos:]
+        elif op == 7:
+            text = text[:rng.randrange(len(text) + 1)]
+        else:
+            i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+            text = "\n".join(lines)
+    return text
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    """1-8 byte-level mutations: flips, overwrites with boundary bytes, insertions, deletions, truncation."""
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        if not data:
+            data = bytearray(rng.randbytes(rng.randint(1, 16)))
+        op = rng.randrange(6)
+        pos = rng.randrange(len(data))
+        if op == 0:
+            data[pos] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            data[pos] = rng.choice([0x00, 0xFF, 0x7F, 0x80, 0x01])
+        elif op == 2:
+            data[pos:pos] = rng.choice([b"\xff" * 10, b"\x00" * 4, rng.randbytes(rng.randint(1, 8))])
+        elif op == 3:
+            del data[pos:pos + rng.randint(1, 8)]
+        elif op == 4:
+            data = data[:pos]
+        else:
+            n = rng.randint(1, 4)
+            data[pos:pos + n] = b"\xff" * n
+    return bytes(data)
+
+
+def _build(text, **kw):
+    import caffe_compat as cc
+    return cc.Net.from_string(text, seed=0, **kw)
+
+
+def _inputs(net, rng=None):
+    import torch
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for k, s in net.input_shapes.items():
+        if len(s) and __import__("math").prod(s) > _SIZE_CAP:
+            return None
+        x = torch.rand(s, generator=g)
+        if k == "label":
+            x = (x * 3).floor()
+        out[k] = x
+    return out
+
+
+def _exercise(net, rng):
+    """What a user does with a built net: shapes, summary, a forward (and sometimes backward)."""
+    net.infer_shapes()
+    net.summary()
+    inputs = _inputs(net)
+    if inputs is None:
+        return
+    net(**inputs)
+    if rng.random() < 0.3 and net.loss is not None and net.loss.requires_grad:
+        net.backward()
+
+
+# ---------------------------------------------------------------------------------------- families
+def case_prototxt(rng, work):
+    text = mutate_text(rng, rng.choice(NETS))
+    path = Path(work) / "net.prototxt"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    phase = rng.choice(["TEST", "TRAIN"])
+
+    def act():
+        import caffe_compat as cc
+        _exercise(cc.Net(path, phase=phase, seed=0), rng)
+    return act
+
+
+def _base_net(rng):
+    return _build(rng.choice([NETS[0], NETS[2], NETS[3], NETS[5]]))
+
+
+def case_caffemodel(rng, work):
+    from caffe_compat import schema
+    from caffe_compat.weights import caffemodel_bytes
+    net = _base_net(rng)
+    data = caffemodel_bytes(net)
+    if rng.random() < 0.5:
+        msg = schema.NetParameter.FromString(data)
+        layers = [lp for lp in msg.layer if len(lp.blobs)]
+        for _ in range(rng.randint(1, 3)):
+            lp = rng.choice(layers)
+            b = rng.choice(lp.blobs)
+            op = rng.randrange(6)
+            if op == 0:
+                dims = list(b.shape.dim)
+                if dims:
+                    dims[rng.randrange(len(dims))] = int(rng.choice(INTERESTING[:17]).lstrip("-")) % (2 ** 63)
+                b.shape.ClearField("dim")
+                b.shape.dim.extend(dims)
+            elif op == 1:
+                b.shape.dim.extend([1] * rng.choice([1, 30, 33, 65]))
+            elif op == 2:
+                b.num, b.channels, b.height, b.width = (rng.choice([0, 1, 3, 2 ** 31 - 1]) for _ in range(4))
+            elif op == 3:
+                del b.data[rng.randrange(len(b.data) + 1):]
+            elif op == 4:
+                b.double_data.extend([1.0] * rng.randint(0, 3))
+            else:
+                lp.name = rng.choice(["", lp.name + "x", "conv", "\u00b2"])
+        data = msg.SerializeToString()
+        if rng.random() < 0.3:
+            data = data.replace(b"\x0a\x05conv1", b"\x0a\x05con\xff1").replace(b"\x0a\x04conv", b"\x0a\x04c\xffnv")
+    else:
+        data = mutate_bytes(rng, data)
+    path = Path(work) / "w.caffemodel"
+    path.write_bytes(data)
+    return _load_and_run(net, path, rng)
+
+
+def _load_and_run(net, path, rng):
+    strict = rng.random() < 0.5
+
+    def act():
+        net.load_weights(path, strict=strict)
+        _exercise(net, rng)
+    return act
+
+
+def case_hdf5(rng, work):
+    import h5py
+    import numpy as np
+    net = _base_net(rng)
+    path = Path(work) / "w.caffemodel.h5"
+    net.save(path)
+    if rng.random() < 0.7:
+        with h5py.File(path, "a") as f:
+            data = f["data"]
+            groups = list(data.keys())
+            for _ in range(rng.randint(1, 3)):
+                g = data[rng.choice(groups)] if groups else data.create_group("x")
+                op = rng.randrange(9)
+                key = rng.choice(list(g.keys()) or ["0"])
+                if key in g:
+                    del g[key]
+                if op == 0:
+                    g[key] = h5py.ExternalLink(rng.choice(["missing.h5", str(path)]), "/data")
+                elif op == 1:
+                    g[key] = h5py.SoftLink(rng.choice(["/nowhere", "/data", "/data/" + (groups or ["x"])[0]]))
+                elif op == 2:
+                    name = rng.choice(["\u00b2", "9999999999999", "-1", "x", " 1", "1.0", "\u0661"])
+                    g.create_dataset(name, data=np.ones(3, np.float32))
+                elif op == 3:
+                    shape = rng.choice([(100000, 100000), (2 ** 31, 4), (10 ** 6,) * 3, (0,), (1,) * 40])
+                    chunks = tuple(min(64, max(1, d)) for d in shape) if all(shape) else None
+                    g.create_dataset(key, shape=shape, dtype="f4", chunks=chunks,
+                                     compression="gzip" if chunks else None)
+                elif op == 4:
+                    g.create_dataset(key, data=np.ones(3, rng.choice(["i4", "u1", "f2", "c8", "S3"])))
+                elif op == 5:
+                    g.create_group(key)
+                elif op == 6:
+                    g.create_dataset(key, data=h5py.Empty("f4"))
+                elif op == 7:
+                    g.create_dataset(key, data=np.float32(rng.choice([1.0, float("nan")])))
+                else:
+                    data[rng.choice(["", "a/b", "conv1", "new"]) or "blank"] = h5py.SoftLink("/data")
+    else:
+        path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+    return _load_and_run(net, path, rng)
+
+
+_ODD_VALUES = None
+
+
+def _odd_value(rng):
+    import torch
+    return rng.choice([None, 0, -1, True, "x", "", [], ["a"], [1, 2], {}, {"a": 1}, {1: "a"}, 1.5,
+                       torch.zeros(3), torch.zeros(2, 2).to_sparse(), torch.zeros(0), torch.tensor(7),
+                       torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.complex64)])
+
+
+def case_checkpoint(rng, work):
+    import torch
+    import caffe_compat as cc
+    net = _base_net(rng)
+    path = Path(work) / "c.pt"
+    net.save_checkpoint(path)
+    if rng.random() < 0.7:
+        obj = torch.load(path, weights_only=True)
+        for _ in range(rng.randint(1, 3)):
+            if rng.random() < 0.5 and isinstance(obj["state_dict"], dict) and obj["state_dict"]:
+                key = rng.choice(sorted(obj["state_dict"]))
+                t = obj["state_dict"][key]
+                obj["state_dict"][key] = rng.choice([
+                    t.to_sparse(), t.double(), t.flatten(), t[:0], t.to(torch.int32), t.t() if t.dim() == 2 else t,
+                    torch.full_like(t, float("nan")), _odd_value(rng)])
+            else:
+                key = rng.choice(sorted(obj) + ["extra"])
+                obj[key] = _odd_value(rng)
+        torch.save(obj, path)
+    else:
+        path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+    rebuild = rng.random() < 0.5
+
+    def act():
+        if rebuild:
+            _exercise(cc.Net.from_checkpoint(path), rng)
+        else:
+            net.load_weights(path)
+            _exercise(net, rng)
+    return act
+
+
+_PROGRAM = {}
+
+
+def case_pt2(rng, work):
+    from caffe_compat.export import export_program, load_program
+    if "bytes" not in _PROGRAM:
+        src = Path(work) / "base.pt2"
+        export_program(_build(NETS[0]), src)
+        _PROGRAM["bytes"] = src.read_bytes()
+    base = _PROGRAM["bytes"]
+    path = Path(work) / "p.pt2"
+    if rng.random() < 0.3:
+        path.write_bytes(mutate_bytes(rng, base))
+    else:
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(base)) as zin, zipfile.ZipFile(out, "w") as zout:
+            infos = zin.infolist()
+            victim = rng.choice(infos).filename
+            for info in infos:
+                data = zin.read(info.filename)
+                if info.filename == victim:
+                    if victim.endswith(".json") and rng.random() < 0.6:
+                        data = mutate_text(rng, data.decode()).encode("utf-8", "surrogatepass")
+                    elif rng.random() < 0.3:
+                        import pickle
+                        data = pickle.dumps({"x": (1, 2)})
+                    elif rng.random() < 0.2:
+                        continue
+                    else:
+                        data = mutate_bytes(rng, data)
+                zout.writestr(info, data)
+        path.write_bytes(out.getvalue())
+    return lambda: load_program(path)
+
+
+def _odd_input(rng, shape):
+    import numpy as np
+    import torch
+    shape = list(shape)
+    op = rng.randrange(14)
+    if op == 0:
+        return torch.empty(shape, device="meta")
+    if op == 1:
+        return np.zeros(shape, dtype=[("a", "f4")])
+    if op == 2:
+        return np.full(shape, None, dtype=object)
+    if op == 3:
+        return np.full(shape, "x")
+    if op == 4:
+        return np.random.default_rng(0).random(shape).astype(rng.choice([">f4", ">f8", "<f2", ">i4", "u1", "?"]))
+    if op == 5:
+        return torch.rand(shape).to(rng.choice([torch.float16, torch.bfloat16, torch.float64, torch.int32,
+                                                 torch.uint8, torch.bool, torch.complex64]))
+    if op == 6:
+        return torch.rand(shape).to_sparse()
+    if op == 7:
+        return torch.nested.nested_tensor([torch.rand(shape[1:]), torch.rand(shape[1:])])
+    if op == 8:   # zero-size with a huge axis
+        s = list(shape)
+        if s:
+            s[0] = 0
+            s[rng.randrange(len(s))] = rng.choice([0, 4294967295, 2 ** 40])
+            s[0] = 0
+        return torch.empty(s)
+    if op == 9:
+        s = [max(0, d + rng.choice([-3, -1, 1, 5, 100])) for d in shape]
+        if __import__("math").prod(s) > _SIZE_CAP:
+            return torch.rand(shape)
+        return torch.rand(s)
+    if op == 10:
+        return torch.rand(shape[:-1] if shape else [1])
+    if op == 11:
+        return torch.full(shape, rng.choice([float("nan"), float("inf"), 1e38, -1e38]))
+    if op == 12:
+        return torch.rand([1] * len(shape)).expand(shape)   # zero strides
+    return [[1.0, 2.0]]
+
+
+def case_forward(rng, work):
+    import torch
+    net = _build(rng.choice(NETS[:6]))
+    inputs = _inputs(net)
+    name = rng.choice(sorted(inputs))
+    inputs[name] = _odd_input(rng, net.input_shapes[name])
+    op = rng.random()
+
+    def act():
+        if op < 0.1:
+            net(*inputs.values())
+        elif op < 0.15:
+            net(**inputs, bogus=torch.zeros(1))
+        else:
+            net(**inputs)
+            if net.loss is not None and rng.random() < 0.3:
+                net.backward()
+    return act
+
+
+def case_mat(rng, work):
+    import numpy as np
+    from caffe_compat.pipeline import matio
+    path = Path(work) / "f.mat"
+    if rng.random() < 0.6:
+        matio.write_blob_mat(str(path), np.random.default_rng(rng.randrange(100)).random((1, 2, 3, 4), np.float32))
+        path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+    else:
+        import h5py
+        with h5py.File(path, "w", userblock_size=512) as f:
+            op = rng.randrange(4)
+            if op == 0:
+                f["data"] = h5py.SoftLink("/nowhere")
+            elif op == 1:
+                f.create_dataset("data", shape=(100000, 100000), dtype="f4", chunks=(100, 100), compression="gzip")
+            elif op == 2:
+                f.create_dataset("data", data=np.ones((2, 3), rng.choice(["f4", "f8", "i2", "S2"])))
+            else:
+                f["data"] = h5py.ExternalLink("missing.h5", "/x")
+        with open(path, "r+b") as fh:
+            fh.write(b"MATLAB 7.3 MAT-file".ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
+    blob = rng.random() < 0.5
+    return lambda: matio.read_blob_mat(str(path)) if blob else matio.read_mat(str(path))
+
+
+def _odd_path(rng, folder: Path) -> str:
+    return rng.choice([
+        str(folder / "a\x00b"), str(folder / ("x" * rng.choice([255, 256, 300, 5000]))), str(folder / "missing" / "f"),
+        str(folder), str(folder / "file" / "under"), "", str(folder / "\u00e9\u00b2 ok"), str(folder / "sub/"),
+        str(folder / ("y" * 250)), "\x00", str(folder / "ok"),
+    ])
+
+
+def case_writers(rng, work):
+    import numpy as np
+    from caffe_compat.pipeline import matio
+    folder = Path(work) / "out"
+    folder.mkdir()
+    (folder / "file").write_text("x")
+    before = set(os.listdir(folder))
+    name = _odd_path(rng, folder)
+    op = rng.randrange(6)
+    base = _base_net(rng)
+    return lambda: _write(rng, op, name, folder, before, base)
+
+
+def _write(rng, op, name, folder, before, base):
+    import numpy as np
+    from caffe_compat.pipeline import matio
+    try:
+        if op == 0:
+            base.save(name + rng.choice([".caffemodel", ""]))
+        elif op == 1:
+            base.save(name + ".h5")
+        elif op == 2:
+            base.save_checkpoint(name + ".pt")
+        elif op == 3:
+            matio.write_blob_mat(name + ".mat", np.zeros((1, 1, 2, 2), np.float32))
+        elif op == 4:
+            prefix = name if rng.random() < 0.7 else str(folder) + "/" + rng.choice(["\x00", "z" * 300, "a/"])
+            text = NETS[0] + ('layer { name: "mw" type: "MatWrite" bottom: "prob" '
+                              'mat_write_param { prefix: "%s" } }' % prefix.replace("\\", "\\\\").replace('"', '\\"')
+                              .replace("\x00", "\\000"))
+            net = _build(text)
+            net(**_inputs(net))
+        else:
+            lname = rng.choice(["\\000", "a/b", ".", "..", "", "z" * 70000, "\\377"])
+            net = _build(NETS[0].replace('name: "conv1"', f'name: "{lname}"'))
+            net.save(str(folder / "n.h5"))
+    finally:
+        left = [f for f in set(os.listdir(folder)) - before if f.startswith(".tmp")]
+        if left:
+            raise _Torn(f"temporary files left behind: {left}")
+
+
+class _Torn(Exception):
+    pass
+
+
+def _abort():
+    os.abort()
+
+
+def _hang():
+    import ctypes
+    ctypes.CDLL(None).sleep(60)   # in C: SIGALRM's Python handler cannot interrupt it
+
+
+#: ``selftest`` (not a fuzz family): by seed % 4 the case succeeds, raises a raw error, aborts the
+#: child, or hangs in C code; tests check that each outcome is attributed to its case.
+_SELFTEST_ACTS = [lambda: None, lambda: {}["raw"], _abort, _hang]
+
+
+FAMILIES = {
+    "prototxt": case_prototxt, "caffemodel": case_caffemodel, "hdf5": case_hdf5, "checkpoint": case_checkpoint,
+    "pt2": case_pt2, "forward": case_forward, "mat": case_mat, "writers": case_writers,
+}
+
+
+# ---------------------------------------------------------------------------------------- child
+def run_case(family: str, seed: int, root: str):
+    """Run one case; returns ``(outcome, detail)`` with outcome ok / error / raw / torn / skip.
+
+    A family function prepares the case (mutating a valid file: fuzzer code, whose failure is a
+    ``skip``) and returns the action that calls the library, the part whose outcome counts.
+    """
+    import logging
+    from caffe_compat.errors import CaffeCompatError
+    logging.disable(logging.CRITICAL)
+    rng = random.Random(f"{family}:{seed}")
+    work = tempfile.mkdtemp(dir=root)
+    try:
+        act = _SELFTEST_ACTS[seed % 4] if family == "selftest" else FAMILIES[family](rng, work)
+    except Exception as e:  # noqa: BLE001 - the fuzzer's own setup failed: not a finding
+        shutil.rmtree(work, ignore_errors=True)
+        return "skip", f"setup: {type(e).__name__}: {str(e)[:200]}"
+    try:
+        act()
+        return "ok", ""
+    except _Torn as e:
+        return "torn", str(e)
+    except CaffeCompatError as e:
+        return "error", type(e).__name__
+    except BaseException as e:  # noqa: BLE001 - everything else is a finding
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return "raw", f"{type(e).__name__}: {first}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def child_main(case_file: str, start: int, mem_gib: float, case_timeout: float) -> None:
+    """Run cases ``start..`` of the JSON list, printing ``S i`` before and ``D i outcome detail`` after each."""
+    import resource
+    import signal
+    import torch
+    import caffe_compat  # noqa: F401  (import cost before the limits)
+    torch.set_num_threads(1)
+    with open("/proc/self/status") as fh:
+        vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    limit = int(vm + mem_gib * 2 ** 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    os.environ.pop("CAFFE_COMPAT_MAX_BYTES", None)   # the default budget must see the rlimit
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"case ran over {case_timeout} s")
+    signal.signal(signal.SIGALRM, on_alarm)
+    cases = json.loads(Path(case_file).read_text())
+    root = tempfile.mkdtemp(prefix="fuzz-")
+    try:
+        for i in range(start, len(cases)):
+            family, seed = cases[i]
+            print(f"S {i}", flush=True)
+            signal.setitimer(signal.ITIMER_REAL, case_timeout)
+            try:
+                outcome, detail = run_case(family, seed, root)
+            except TimeoutError as e:
+                outcome, detail = "timeout", str(e)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if outcome == "raw" and detail.startswith("TimeoutError: case ran over"):
+                outcome = "timeout"
+            print(f"D {i} {outcome} {json.dumps(detail)}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- parent
+def run_cases(cases, *, batch: int = 200, case_timeout: float = 10.0, mem_gib: float = 4.0,
+              startup_timeout: float = 120.0, nice: int = 0, progress=None):
+    """Run ``[(family, seed)]`` in child processes; returns ``[(family, seed, outcome, detail)]``."""
+    results = [None] * len(cases)
+    with tempfile.TemporaryDirectory(prefix="fuzz-cases-") as tmp:
+        pos = 0
+        while pos < len(cases):
+            chunk = cases[pos:pos + batch]
+            case_file = Path(tmp) / "cases.json"
+            case_file.write_text(json.dumps(chunk))
+            start = 0
+            while start < len(chunk):
+                start = _run_child(chunk, case_file, start, results, pos, case_timeout, mem_gib,
+                                   startup_timeout, nice, progress)
+            pos += len(chunk)
+    return results
+
+
+def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, startup_timeout, nice, progress):
+    """One child from case ``start``; returns the index to restart from (``len(chunk)`` when done)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(case_file), str(start),
+           str(mem_gib), str(case_timeout)]
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    current, deadline, buf = None, time.monotonic() + startup_timeout, b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                if current is None:
+                    raise RuntimeError("fuzz child did not start in time")
+                _record(results, offset, chunk, current, "timeout", f"no answer in {case_timeout + 5:.0f} s", progress)
+                return current + 1
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            if not ready:
+                continue
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                rc = proc.wait()
+                if current is None:
+                    if start >= len(chunk):
+                        return len(chunk)
+                    raise RuntimeError(f"fuzz child exited with {rc} before running a case")
+                _record(results, offset, chunk, current, "crash", f"child exit status {rc}", progress)
+                return current + 1
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                parts = line.decode("utf-8", "replace").split(" ", 3)
+                if parts[0] == "S":
+                    current = int(parts[1])
+                    deadline = time.monotonic() + case_timeout + 5
+                elif parts[0] == "D":
+                    i = int(parts[1])
+                    _record(results, offset, chunk, i, parts[2], json.loads(parts[3]), progress)
+                    current = None
+                    deadline = time.monotonic() + case_timeout + 5
+                    if i == len(chunk) - 1:
+                        proc.wait()
+                        return len(chunk)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _record(results, offset, chunk, i, outcome, detail, progress):
+    family, seed = chunk[i]
+    results[offset + i] = (family, seed, outcome, detail)
+    if progress is not None:
+        progress(results[offset + i])
+
+
+def make_cases(n: int, families, seed: int = 0):
+    """``n`` cases spread evenly over ``families`` (round robin), seeds ``seed*10**6 + k``."""
+    return [(families[k % len(families)], seed * 10 ** 6 + k // len(families)) for k in range(n)]
+
+
+def table(results) -> str:
+    counts = defaultdict(Counter)
+    for family, _, outcome, _ in results:
+        counts[family][outcome] += 1
+    fams = [f for f in FAMILIES if f in counts]
+    head = "| family | cases | " + " | ".join(OUTCOMES) + " |"
+    lines = [head, "|" + "---|" * (len(OUTCOMES) + 2)]
+    total = Counter()
+    for f in fams:
+        c = counts[f]
+        total.update(c)
+        lines.append(f"| {f} | {sum(c.values())} | " + " | ".join(str(c[o]) for o in OUTCOMES) + " |")
+    lines.append(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[o]) for o in OUTCOMES) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=400)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=200, help="cases per child process")
+    ap.add_argument("--jobs", type=int, default=1, help="child processes at once")
+    ap.add_argument("--case-timeout", type=float, default=10.0)
+    ap.add_argument("--mem-gib", type=float, default=4.0, help="address space a child may add after imports")
+    ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--json", help="write every result to this file")
+    args = ap.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        ap.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    cases = make_cases(args.cases, families, args.seed)
+    from tqdm import tqdm
+    t0 = time.time()
+    bar = tqdm(total=len(cases), unit="case")
+    failures = []
+
+    def progress(r):
+        bar.update(1)
+        if r[2] in FAILURES:
+            failures.append(r)
+            tqdm.write(f"{r[2]}: {r[0]} seed {r[1]}: {r[3]}")
+    if args.jobs <= 1:
+        results = run_cases(cases, batch=args.batch, case_timeout=args.case_timeout, mem_gib=args.mem_gib,
+                            nice=args.nice, progress=progress)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        parts = [cases[j::args.jobs] for j in range(args.jobs)]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futs = [pool.submit(run_cases, p, batch=args.batch, case_timeout=args.case_timeout,
+                                mem_gib=args.mem_gib, nice=args.nice, progress=progress) for p in parts]
+            results = [r for f in futs for r in f.result()]
+    bar.close()
+    elapsed = time.time() - t0
+    print(f"\n{len(results)} cases, seed {args.seed}, {elapsed:.0f} s, "
+          f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()} {os.cpu_count()} cores, "
+          f"python {platform.python_version()}\n")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=0))
+    if failures:
+        kinds = Counter((f[0], f[2], f[3].split(":")[0]) for f in failures)
+        print("\nfailures by kind:")
+        for (fam, outcome, kind), n in kinds.most_common():
+            print(f"  {n:5d}  {fam} {outcome} {kind}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        child_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+    else:
+        sys.exit(main())
