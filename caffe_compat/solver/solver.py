@@ -249,7 +249,7 @@ class Solver:
             self.iter += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}", refresh=False)
+                progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}")
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
             if self._stop_requested:
