@@ -125,3 +125,35 @@ def test_read_solver_overrides(in_tmp):
     assert cfg.param.max_iter == 2 and cfg.type == "SGD"
     with pytest.raises(SolverError, match="cannot set"):
         read_solver(in_tmp / "solver.prototxt", overrides={"max_iter": "x"})
+
+
+ORIGINAL_DEFINES = {"EXP": "exp", "NET_ID": "n", "TRAIN_SET": "t", "LEARNING_RATE": "0.001", "ITER_SIZE": "10",
+                    "ITERS": "20", "SNAP": "5", "STEP": "3", "SOLVER_MODE": "CPU"}
+
+
+@pytest.mark.parametrize("name,typ,policy", [
+    ("embs/solver.prototxt", "Adam", "fixed"), ("embs/solver_coco_trainval.prototxt", "Adam", "fixed"),
+    ("res/solver.prototxt", "SGD", "poly"), ("res/solver_voc_trainval_aug.prototxt", "SGD", "poly"),
+    ("vgg/solver.prototxt", "SGD", "step"), ("vgg/solver_voc_train_aug.prototxt", "SGD", "step")])
+def test_original_solver_files_pass_the_checks(reference_dir, in_tmp, name, typ, policy):
+    """The original files are accepted once their net and snapshot folder exist (paths from the cwd)."""
+    sp = parse_solver((reference_dir / "configs" / name).read_text(), name, ORIGINAL_DEFINES)
+    for rel in (sp.train_net, sp.snapshot_prefix):
+        (in_tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    (in_tmp / sp.train_net).write_text('name: "x"\n')
+    cfg = read_solver(reference_dir / "configs" / name, ORIGINAL_DEFINES)
+    assert cfg.type == typ and cfg.param.lr_policy == policy and cfg.tests == []
+    assert cfg.train.path == type(cfg.train.path)(sp.train_net)
+    if typ == "Adam":
+        assert cfg.param.momentum == 0 and not cfg.param.HasField("momentum")
+
+
+def test_unreadable_net_file(in_tmp):
+    path = write_tiny(in_tmp)
+    (in_tmp / "net.prototxt").write_text("layer { name: 'a' type: 'ReLU' bottom: 'x' top: 'x' ")
+    with pytest.raises(CaffeCompatError, match="solver.*net.prototxt"):
+        caffe_compat.Solver(path)
+    (in_tmp / "net.prototxt").unlink()
+    (in_tmp / "net.prototxt").mkdir()
+    with pytest.raises(SolverError, match="is a folder"):
+        caffe_compat.Solver(path)
