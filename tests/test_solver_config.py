@@ -157,3 +157,17 @@ def test_unreadable_net_file(in_tmp):
     (in_tmp / "net.prototxt").mkdir()
     with pytest.raises(SolverError, match="is a folder"):
         caffe_compat.Solver(path)
+
+
+def test_average_loss_smoothing_within_one_step_call(in_tmp, monkeypatch):
+    """Caffe's running mean over the last average_loss iterations, reset at every step() call."""
+    path = _edit(write_tiny(in_tmp, iter_size=1), "display: 1", "display: 1\naverage_loss: 3")
+    s = caffe_compat.Solver(path)
+    losses = iter([1.0, 2.0, 3.0, 4.0, 5.0, 7.0])
+    monkeypatch.setattr(s, "_forward_backward", lambda inputs, sync: next(losses))
+    s.step(2)
+    assert s.smoothed_loss == pytest.approx(1.5)
+    s.step(3)                      # a new call: the window restarts at 3
+    assert s.smoothed_loss == pytest.approx(4.0)
+    s.step(1)
+    assert s.smoothed_loss == 7.0 and s.iter == 6
