@@ -125,3 +125,49 @@ def test_read_solver_overrides(in_tmp):
     assert cfg.param.max_iter == 2 and cfg.type == "SGD"
     with pytest.raises(SolverError, match="cannot set"):
         read_solver(in_tmp / "solver.prototxt", overrides={"max_iter": "x"})
+
+
+ORIGINAL_DEFINES = {"EXP": "exp", "NET_ID": "n", "TRAIN_SET": "t", "LEARNING_RATE": "0.001", "ITER_SIZE": "10",
+                    "ITERS": "20", "SNAP": "5", "STEP": "3", "SOLVER_MODE": "CPU"}
+
+
+@pytest.mark.parametrize("name,typ,policy", [
+    ("embs/solver.prototxt", "Adam", "fixed"), ("embs/solver_coco_trainval.prototxt", "Adam", "fixed"),
+    ("res/solver.prototxt", "SGD", "poly"), ("res/solver_voc_trainval_aug.prototxt", "SGD", "poly"),
+    ("vgg/solver.prototxt", "SGD", "step"), ("vgg/solver_voc_train_aug.prototxt", "SGD", "step")])
+def test_original_solver_files_pass_the_checks(reference_dir, in_tmp, name, typ, policy):
+    """The original files are accepted once their net and snapshot folder exist (paths from the cwd)."""
+    sp = parse_solver((reference_dir / "configs" / name).read_text(), name, ORIGINAL_DEFINES)
+    for rel in (sp.train_net, sp.snapshot_prefix):
+        (in_tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    (in_tmp / sp.train_net).write_text('name: "x"\n')
+    cfg = read_solver(reference_dir / "configs" / name, ORIGINAL_DEFINES)
+    assert cfg.type == typ and cfg.param.lr_policy == policy and cfg.tests == []
+    assert cfg.train.path == type(cfg.train.path)(sp.train_net)
+    if typ == "Adam":
+        assert cfg.param.momentum == 0 and not cfg.param.HasField("momentum")
+
+
+def test_unreadable_net_file(in_tmp):
+    path = write_tiny(in_tmp)
+    (in_tmp / "net.prototxt").write_text("layer { name: 'a' type: 'ReLU' bottom: 'x' top: 'x' ")
+    with pytest.raises(CaffeCompatError, match="solver.*net.prototxt"):
+        caffe_compat.Solver(path)
+    (in_tmp / "net.prototxt").unlink()
+    (in_tmp / "net.prototxt").mkdir()
+    with pytest.raises(SolverError, match="is a folder"):
+        caffe_compat.Solver(path)
+
+
+def test_average_loss_smoothing_within_one_step_call(in_tmp, monkeypatch):
+    """Caffe's running mean over the last average_loss iterations, reset at every step() call."""
+    path = _edit(write_tiny(in_tmp, iter_size=1), "display: 1", "display: 1\naverage_loss: 3")
+    s = caffe_compat.Solver(path)
+    losses = iter([1.0, 2.0, 3.0, 4.0, 5.0, 7.0])
+    monkeypatch.setattr(s, "_forward_backward", lambda inputs, sync: next(losses))
+    s.step(2)
+    assert s.smoothed_loss == pytest.approx(1.5)
+    s.step(3)                      # a new call: the window restarts at 3
+    assert s.smoothed_loss == pytest.approx(4.0)
+    s.step(1)
+    assert s.smoothed_loss == 7.0 and s.iter == 6

@@ -43,6 +43,8 @@ def test_trajectory(case, in_tmp):
         s.step(1, inputs=inputs)
         assert np.float32(s.lr) == d[f"lr/{i}"], f"update {i}: lr {s.lr!r} != fork {d[f'lr/{i}']!r}"
         assert rel_err(s.last_loss, d[f"loss/{i}"]) <= TOL, f"update {i}: loss {s.last_loss} vs {d[f'loss/{i}']}"
+        # the displayed loss: mean over iter_size, no smoothing across step(1) calls (6 digits in the log)
+        assert s.smoothed_loss == pytest.approx(d["loss_log"][i - 1], rel=1e-5)
         err_i = 0.0
         for p in info["params"]:
             got = s.net.params[p["layer"]][p["j"]].detach().numpy()

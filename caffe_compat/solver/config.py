@@ -106,6 +106,8 @@ def _net_specs(sp, solver_dir: Path, source: str) -> Tuple[NetSpec, List[NetSpec
         if st.HasField("phase"):
             spec.phase = schema.enum_name("NetState", "phase", st.phase)
     for spec in [train] + tests:
+        if spec.path is not None and spec.path.is_dir():
+            raise _fail(source, f"net file '{spec.path}' is a folder, not a net prototxt")
         if spec.path is not None and not spec.path.is_file():
             raise _fail(source, f"net file '{spec.path}' does not exist (paths are relative to the "
                                 f"working directory {os.getcwd()}, as in Caffe)")

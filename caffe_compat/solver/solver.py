@@ -249,7 +249,7 @@ class Solver:
             self.iter += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}", refresh=False)
+                progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}")
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
             if self._stop_requested:
@@ -343,7 +343,13 @@ class Solver:
                 "params": [lp.key for lp in self._learnable],
                 "shapes": [list(lp.param.shape) for lp in self._learnable],
                 "history": history, "data_state": data,
-                "rng": {"torch": torch.get_rng_state(), "net": self.net.generator.get_state()}}
+                "rng": self._rng_states()}
+
+    def _rng_states(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "net": self.net.generator.get_state()}
+        if self.device.type == "cuda":  # Dropout on CUDA draws from the device's default generator
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
 
     def snapshot(self) -> Optional[Path]:
         """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate.pt``; returns the state path (rank 0 only)."""
@@ -404,8 +410,13 @@ class Solver:
                 if name in layers and hasattr(layers[name], "set_data_state"):
                     layers[name].set_data_state(ds)
             rng = state.get("rng") or {}
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if "net" in rng:
-                self.net.generator.set_state(rng["net"])
+            try:
+                if "torch" in rng:
+                    torch.set_rng_state(rng["torch"])
+                if "net" in rng:
+                    self.net.generator.set_state(rng["net"])
+                if "cuda" in rng and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(rng["cuda"], self.device)
+            except (RuntimeError, TypeError, ValueError) as e:
+                raise SolverError(f"{where}: invalid RNG state: {e}") from None
         log.info("restored solver state at iteration %d from %s", self.iter, where)
