@@ -44,6 +44,16 @@ Reproduced surprises of the original:
 * a class that is predicted only on ignored (255) GT pixels is absent from the
   counts.
 
+Extensions (off by default, so the default output is the original's):
+
+* ``num_classes`` (``--num-classes``): data sets with another number of classes
+  than VOC's 21 (the project's generated scenes have 6); every "21" above
+  becomes that number (labels ``0 .. n-1``, mIoU = sum of the n IoUs / n).
+* ``boundary_radii`` (``--boundary-radius``): the same scores restricted to the
+  pixels within ``r`` pixels of a ground-truth boundary (the "trimap" measure;
+  the band is defined in :mod:`caffe_compat.pipeline.boundary`), one set per
+  radius, in :attr:`EvalResult.boundary`.
+
 Deliberate differences:
 
 * missing prediction files are an error listing every missing id; the
@@ -62,11 +72,12 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import DataError
+from .boundary import boundary_band
 from .lists import read_text_file
 from .palette import read_label_png
 
@@ -85,7 +96,6 @@ VOC_CLASSES: Tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
-_MAX_LABEL = NUM_CLASSES - 1
 
 
 @dataclass
@@ -119,16 +129,27 @@ class EvalResult:
     #: pixels with GT < 255 (the original's ``count``; includes pixels dropped from the histogram)
     count: int = 0
     class_names: Tuple[str, ...] = VOC_CLASSES
+    #: ``radius -> scores`` of the pixels within ``radius`` of a GT boundary (only with ``boundary_radii``)
+    boundary: Dict[float, "EvalResult"] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """``{"miou", "iou", "confusion", "pixel_acc", "class_acc"}`` (fractions; NaN -> None)."""
-        return {
+        """``{"miou", "iou", "confusion", "pixel_acc", "class_acc"}`` (fractions; NaN -> None).
+
+        With boundary radii, also ``"boundary": [{"radius", "miou", "iou", "pixel_acc",
+        "class_acc", "count"}, ...]`` (``count`` = non-ignored pixels in the band).
+        """
+        out = {
             "miou": _json_float(self.miou),
             "iou": [_json_float(v) for v in self.iou],
             "confusion": [[int(v) for v in row] for row in self.confusion],
             "pixel_acc": _json_float(self.pixel_acc),
             "class_acc": _json_float(self.class_acc),
         }
+        if self.boundary:
+            out["boundary"] = [{"radius": r, "miou": _json_float(b.miou), "iou": [_json_float(v) for v in b.iou],
+                                "pixel_acc": _json_float(b.pixel_acc), "class_acc": _json_float(b.class_acc),
+                                "count": b.count} for r, b in self.boundary.items()]
+        return out
 
 
 def _json_float(v) -> Optional[float]:
@@ -141,12 +162,27 @@ def _seq_sum(values: Iterable[float]) -> float:
     return float(sum(float(v) for v in values))
 
 
+def class_names_for(num_classes: int) -> Tuple[str, ...]:
+    """VOC's names for 21 classes, else ``("class 0", "class 1", ...)``."""
+    n = _check_num_classes(num_classes)
+    return VOC_CLASSES if n == NUM_CLASSES else tuple(f"class {i}" for i in range(n))
+
+
+def _check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or not 1 <= int(num_classes) <= IGNORE_LABEL:
+        raise DataError(f"num_classes must be an integer in 1..{IGNORE_LABEL}, got {num_classes!r}")
+    return int(num_classes)
+
+
 def scores_from_confusion(confusion: np.ndarray, ids: Sequence[str] = (), missing: Sequence[str] = (),
-                          count: Optional[int] = None) -> EvalResult:
-    """All scores of MyVOCevalseg from a ``(21, 21)`` ``confusion[gt, pred]`` count matrix."""
+                          count: Optional[int] = None, num_classes: int = NUM_CLASSES,
+                          class_names: Optional[Sequence[str]] = None) -> EvalResult:
+    """All scores of MyVOCevalseg from a ``(n, n)`` ``confusion[gt, pred]`` count matrix (n = ``num_classes``)."""
+    n_cls = _check_num_classes(num_classes)
     cc = np.asarray(confusion)
-    if cc.shape != (NUM_CLASSES, NUM_CLASSES):
-        raise DataError(f"confusion matrix must be {NUM_CLASSES} x {NUM_CLASSES}, got {cc.shape}")
+    if cc.shape != (n_cls, n_cls):
+        raise DataError(f"confusion matrix must be {n_cls} x {n_cls}, got {cc.shape}")
     cc = cc.astype(np.int64)
     f = cc.astype(np.float64)
     rows = f.sum(axis=1)
@@ -165,13 +201,17 @@ def scores_from_confusion(confusion: np.ndarray, ids: Sequence[str] = (), missin
     iou_den = np.where(iou_den == 0, 1.0, iou_den)
     iou_percent = 100.0 * diag / iou_den
     iou = diag / iou_den
+    names = tuple(class_names) if class_names is not None else class_names_for(n_cls)
+    if len(names) != n_cls:
+        raise DataError(f"{len(names)} class names for {n_cls} classes")
     return EvalResult(
-        confusion=cc, iou=iou, miou=_seq_sum(iou) / NUM_CLASSES,
-        pixel_acc=pixel_acc, class_accs=class_accs, class_acc=_seq_sum(class_accs) / NUM_CLASSES,
-        iou_percent=iou_percent, miou_percent=_seq_sum(iou_percent) / NUM_CLASSES,
+        confusion=cc, iou=iou, miou=_seq_sum(iou) / n_cls,
+        pixel_acc=pixel_acc, class_accs=class_accs, class_acc=_seq_sum(class_accs) / n_cls,
+        iou_percent=iou_percent, miou_percent=_seq_sum(iou_percent) / n_cls,
         pixel_acc_percent=pixel_acc_percent, class_accs_percent=class_accs_percent,
-        class_acc_percent=_seq_sum(class_accs_percent) / NUM_CLASSES, conf_percent=conf_percent,
-        ids=list(ids), missing=list(missing), count=int(total if count is None else count))
+        class_acc_percent=_seq_sum(class_accs_percent) / n_cls, conf_percent=conf_percent,
+        ids=list(ids), missing=list(missing), count=int(total if count is None else count),
+        class_names=names)
 
 
 def read_eval_list(path: PathLike) -> List[str]:
@@ -188,14 +228,17 @@ def accumulate(confusion: np.ndarray, gt: np.ndarray, pred: np.ndarray, image_id
                gt_path: str = "", pred_path: str = "", strict_gt: bool = False) -> int:
     """Add one image pair to ``confusion`` (in place) as MyVOCevalseg does; returns its ``count``.
 
-    Raises :class:`DataError` for prediction values > 20, a size mismatch, and
-    (with ``strict_gt``) GT values in 21..254.
+    The number of classes n is ``confusion``'s size (21 for VOC).  Raises
+    :class:`DataError` for prediction values > n - 1, a size mismatch, and
+    (with ``strict_gt``) GT values in n..254.
     """
+    n_cls = int(confusion.shape[0])
+    max_label = n_cls - 1
     where = f" (prediction '{pred_path}')" if pred_path else ""
     maxlabel = int(pred.max()) if pred.size else 0
-    if maxlabel > _MAX_LABEL:
+    if maxlabel > max_label:
         raise DataError(f"Results image '{image_id}' has out of range value {maxlabel} "
-                        f"(the value should be <= {_MAX_LABEL}){where}")
+                        f"(the value should be <= {max_label}){where}")
     if gt.shape != pred.shape:
         raise DataError(f"Results image '{image_id}' is the wrong size, was {pred.shape[0]} x {pred.shape[1]}, "
                         f"should be {gt.shape[0]} x {gt.shape[1]}.{where}")
@@ -203,26 +246,28 @@ def accumulate(confusion: np.ndarray, gt: np.ndarray, pred: np.ndarray, image_id
     g = gt[locs].astype(np.int64)
     p = pred[locs].astype(np.int64)
     n = int(g.size)
-    odd = g > _MAX_LABEL
+    odd = g > max_label
     if odd.any():
         bad = np.unique(g[odd]).tolist()
         gwhere = f"'{gt_path}'" if gt_path else f"of '{image_id}'"
         if strict_gt:
-            raise DataError(f"ground truth {gwhere} has label values {bad} outside 0..{_MAX_LABEL} and "
+            raise DataError(f"ground truth {gwhere} has label values {bad} outside 0..{max_label} and "
                             f"{IGNORE_LABEL} ({int(odd.sum())} pixels)")
         log.warning("ground truth %s has label values %s outside 0..%d and %d (%d pixels): counted as the "
-                    "original does (bin gt + 21*pred of the column-major matrix; dropped beyond 441)",
-                    gwhere, bad, _MAX_LABEL, IGNORE_LABEL, int(odd.sum()))
-    k = g + NUM_CLASSES * p  # 0-based column-major index = histc bin - 1
-    k = k[k < NUM_CLASSES * NUM_CLASSES]
-    hs = np.bincount(k, minlength=NUM_CLASSES * NUM_CLASSES)
-    confusion += hs.reshape(NUM_CLASSES, NUM_CLASSES).T  # column-major -> [gt, pred]
+                    "original does (bin gt + %d*pred of the column-major matrix; dropped beyond %d)",
+                    gwhere, bad, max_label, IGNORE_LABEL, int(odd.sum()), n_cls, n_cls * n_cls)
+    k = g + n_cls * p  # 0-based column-major index = histc bin - 1
+    k = k[k < n_cls * n_cls]
+    hs = np.bincount(k, minlength=n_cls * n_cls)
+    confusion += hs.reshape(n_cls, n_cls).T  # column-major -> [gt, pred]
     return n
 
 
 def evaluate(pred_dir: PathLike, gt_dir: PathLike, ids: Union[PathLike, Sequence[str]], *,
              allow_missing: bool = False, strict_gt: bool = False,
-             progress: Optional[bool] = None) -> EvalResult:
+             progress: Optional[bool] = None, num_classes: int = NUM_CLASSES,
+             class_names: Optional[Sequence[str]] = None,
+             boundary_radii: Sequence[float] = ()) -> EvalResult:
     """Score the predictions ``pred_dir/<id>.png`` against ``gt_dir/<id>.png`` (MyVOCevalseg).
 
     Args:
@@ -232,7 +277,13 @@ def evaluate(pred_dir: PathLike, gt_dir: PathLike, ids: Union[PathLike, Sequence
         allow_missing: skip ids without a prediction file, as the original does (default: error).
         strict_gt: raise on GT values 21..254 instead of counting them as the original does.
         progress: tqdm progress bar (None: only on a terminal).
+        num_classes: number of classes n (labels 0..n-1; default VOC's 21).
+        class_names: n names for the tables (default: VOC's, or "class i").
+        boundary_radii: also score, per radius r, only the pixels within r pixels of a GT
+            boundary (:func:`~caffe_compat.pipeline.boundary.boundary_band`): :attr:`EvalResult.boundary`.
     """
+    n_cls = _check_num_classes(num_classes)
+    radii = _check_radii(boundary_radii)
     pred_dir = os.fspath(pred_dir)
     gt_dir = os.fspath(gt_dir)
     if isinstance(ids, (str, os.PathLike)):
@@ -253,7 +304,9 @@ def evaluate(pred_dir: PathLike, gt_dir: PathLike, ids: Union[PathLike, Sequence
     if missing and not allow_missing:
         raise DataError(f"{len(missing)} of {len(id_list)} prediction(s) missing in '{pred_dir}': "
                         + _some(missing) + " (allow_missing / --allow-missing skips them as the original does)")
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    confusion = np.zeros((n_cls, n_cls), dtype=np.int64)
+    band_confusion = {r: np.zeros((n_cls, n_cls), dtype=np.int64) for r in radii}
+    band_count = {r: 0 for r in radii}
     count = 0
     done: List[str] = []
     skipped: List[str] = []
@@ -268,12 +321,34 @@ def evaluate(pred_dir: PathLike, gt_dir: PathLike, ids: Union[PathLike, Sequence
             continue
         pred = read_label_png(pred_path)
         count += accumulate(confusion, gt, pred, image_id, gt_path, pred_path, strict_gt=strict_gt)
+        for r in radii:  # the whole-image pass above has checked values and sizes
+            gt_band = np.where(boundary_band(gt, r), gt, IGNORE_LABEL).astype(gt.dtype)
+            band_count[r] += accumulate(band_confusion[r], gt_band, pred, image_id)
         done.append(image_id)
     if skipped:
         log.warning("There are %d missing results! (skipped: %s)", len(skipped), _some(skipped))
     if not done:
         raise DataError(f"no image could be evaluated: all {len(id_list)} predictions are missing in '{pred_dir}'")
-    return scores_from_confusion(confusion, ids=done, missing=skipped, count=count)
+    result = scores_from_confusion(confusion, ids=done, missing=skipped, count=count, num_classes=n_cls,
+                                   class_names=class_names)
+    result.boundary = {r: scores_from_confusion(band_confusion[r], ids=done, count=band_count[r],
+                                                num_classes=n_cls, class_names=result.class_names)
+                       for r in radii}
+    return result
+
+
+def _check_radii(radii: Sequence[float]) -> List[float]:
+    out: List[float] = []
+    for r in radii:
+        try:
+            v = float(r)
+        except (TypeError, ValueError):
+            raise DataError(f"boundary radius must be a number, got {r!r}") from None
+        if not math.isfinite(v) or v < 0:
+            raise DataError(f"boundary radius must be a finite number >= 0, got {r!r}")
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def _some(items: Sequence[str], n: int = 10) -> str:
@@ -314,13 +389,18 @@ def format_table(result: EvalResult) -> str:
     out.append("-" * 46)
     out.append(f"overall pixel accuracy: {_pct(result.pixel_acc_percent).strip()}%")
     out.append(f"mean class accuracy:    {_pct(result.class_acc_percent).strip()}%")
-    out.append(f"mIoU (sum of the {NUM_CLASSES} IoUs / {NUM_CLASSES}): {_pct(result.miou_percent).strip()}%")
+    n_cls = len(result.class_names)
+    out.append(f"mIoU (sum of the {n_cls} IoUs / {n_cls}): {_pct(result.miou_percent).strip()}%")
     line = f"{len(result.ids)} image(s) evaluated, {result.count} pixels counted"
     if result.missing:
         line += f"; {len(result.missing)} missing prediction(s) skipped"
     out.append(line)
+    for r, b in result.boundary.items():
+        out.append(f"within {r:g} px of a GT boundary ({b.count} pixels): pixel accuracy "
+                   f"{_pct(b.pixel_acc_percent).strip()}%, mean class accuracy {_pct(b.class_acc_percent).strip()}%, "
+                   f"mIoU {_pct(b.miou_percent).strip()}%")
     return "\n".join(out) + "\n"
 
 
-__all__ = ["evaluate", "EvalResult", "scores_from_confusion", "accumulate", "read_eval_list",
+__all__ = ["evaluate", "EvalResult", "scores_from_confusion", "accumulate", "read_eval_list", "class_names_for",
            "format_original", "format_table", "VOC_CLASSES", "NUM_CLASSES", "IGNORE_LABEL"]
