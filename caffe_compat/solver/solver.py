@@ -65,6 +65,22 @@ def _dist_info():
     return 0, 1
 
 
+def _log_outputs(which: str, blobs: Mapping[str, torch.Tensor], loss_weights: Mapping[str, float]) -> None:
+    """Caffe's ``Train/Test net output #j: name = v (* w = v*w loss)`` lines (one per element)."""
+    j = 0
+    for name, m in blobs.items():
+        w = loss_weights.get(name, 0.0)
+        if m.numel() > 64:  # Caffe prints every element; a big blob gets one summary line instead
+            log.info("%s net output #%d: %s = %s values, mean %g", which, j, name, list(m.shape),
+                     float(m.double().mean()))
+            j += m.numel()
+            continue
+        for v in m.flatten().tolist():
+            extra = f" (* {w:g} = {v * w:g} loss)" if w else ""
+            log.info("%s net output #%d: %s = %g%s", which, j, name, v, extra)
+            j += 1
+
+
 class Solver:
     """A Caffe solver built from a solver prototxt (``caffe.get_solver`` in pycaffe).
 
@@ -245,6 +261,9 @@ class Solver:
             self._apply_update()
             if display and self.is_root:
                 log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                if log.isEnabledFor(logging.INFO):
+                    _log_outputs("Train", {k: self.net.blobs[k].detach() for k in self.net.outputs},
+                                 self.net.loss_weights)
                 log.info("Iteration %d, lr = %.6g", self.iter, self.lr)
             self.iter += 1
             if progress is not None:
@@ -313,11 +332,7 @@ class Solver:
         means = OrderedDict((name, s / max(n_iter, 1)) for name, s in sums.items())
         if self.param.test_compute_loss:
             log.info("Test loss: %g", loss / max(n_iter, 1))
-        for j, (name, m) in enumerate(means.items()):
-            w = tn.loss_weights.get(name, 0.0)
-            for v in m.flatten().tolist():
-                extra = f" (* {w:g} = {v * w:g} loss)" if w else ""
-                log.info("Test net output #%d: %s = %g%s", j, name, v, extra)
+        _log_outputs("Test", means, tn.loss_weights)
         return means
 
     def test_all(self, inputs=None) -> List["OrderedDict[str, torch.Tensor]"]:
