@@ -271,8 +271,24 @@ class Solver:
                 progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}")
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
-            if self._stop_requested:
+            if self._should_stop():
                 break
+
+    def _should_stop(self) -> bool:
+        """Whether a stop was requested (Ctrl-C); under torchrun by any process, so all stop together."""
+        if self._ddp is None and self.world_size == 1:
+            return self._stop_requested
+        import torch.distributed as dist
+        flag = torch.tensor([1.0 if self._stop_requested else 0.0],
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._stop_requested = bool(flag.item())
+        return self._stop_requested
+
+    @property
+    def stopped_early(self) -> bool:
+        """True after :meth:`solve` was stopped by Ctrl-C (a snapshot was written)."""
+        return self._stop_requested
 
     # ------------------------------------------------------------------ the whole run
     def solve(self, inputs: Optional[Mapping[str, object]] = None, progress: bool = True) -> None:
@@ -306,7 +322,7 @@ class Solver:
                 bar.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0 or self._stop_requested):
+        if (sp.snapshot_after_train or self._stop_requested) and (not sp.snapshot or self.iter % sp.snapshot != 0):
             self.snapshot()
         if self._stop_requested:
             log.warning("optimization stopped early at iteration %d", self.iter)
