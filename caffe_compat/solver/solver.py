@@ -36,7 +36,7 @@ import os
 import signal
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import List, Mapping, Optional, Union
 
 import numpy as np
 import torch
