@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -125,4 +124,4 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 __all__ = ["solver_cases", "load_case", "write_case", "case_inputs", "rounding_noise_blob", "write_tiny",
-           "params_of", "in_tmp", "SOLVER_GOLDEN", "os"]
+           "params_of", "in_tmp", "SOLVER_GOLDEN"]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from solver_helpers import in_tmp, params_of, write_tiny  # noqa: F401

@@ -123,3 +123,17 @@ def test_test_nets_share_weights(in_tmp):
     assert torch.equal(s.test_nets[0].params["ip1"][0], s.net.params["ip1"][0])
     means = s.test(0)
     assert set(means) == {"loss"} and torch.isfinite(means["loss"]).all()
+
+
+def test_hdf5_snapshot_format_and_no_final_snapshot(in_tmp):
+    path = write_tiny(in_tmp, snapshot=2, max_iter=3)
+    path.write_text(path.read_text() + "snapshot_format: HDF5\nsnapshot_after_train: false\n")
+    s = caffe_compat.Solver(path)
+    s.solve(progress=False)
+    assert sorted(os.listdir(in_tmp / "snaps")) == ["tiny_iter_2.caffemodel.h5", "tiny_iter_2.solverstate.pt"]
+    want = params_of(s.net)
+    again = caffe_compat.Solver(path)
+    again.restore(in_tmp / "snaps" / "tiny_iter_2.solverstate.pt")
+    again.step(1)
+    for k, v in params_of(again.net).items():
+        assert torch.equal(v, want[k]), k

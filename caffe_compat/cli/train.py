@@ -15,7 +15,10 @@
 * Under ``torchrun --nproc_per_node N -m caffe_compat train ...`` the processes
   train one model with DistributedDataParallel (``gloo`` on CPU, ``nccl`` on
   CUDA): the effective batch is ``batch_size x iter_size x N``, the lr unchanged,
-  as Caffe's multi-GPU training; rank 0 logs, tests and writes snapshots.
+  as Caffe's multi-GPU training; rank 0 logs, tests and writes snapshots.  A
+  stop request (SIGINT) reaching any worker stops all of them after the same
+  iteration (send it to the workers: torchrun's own agent ends its workers on
+  SIGINT).
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume:
             solver.restore(args.resume)
         _solve(solver, progress=not args.no_progress)
-        return 130 if solver._stop_requested else 0
+        return 130 if solver.stopped_early else 0
     finally:
         if distributed:
             import torch.distributed as dist

@@ -36,7 +36,7 @@ import os
 import signal
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -63,6 +63,22 @@ def _dist_info():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _log_outputs(which: str, blobs: Mapping[str, torch.Tensor], loss_weights: Mapping[str, float]) -> None:
+    """Caffe's ``Train/Test net output #j: name = v (* w = v*w loss)`` lines (one per element)."""
+    j = 0
+    for name, m in blobs.items():
+        w = loss_weights.get(name, 0.0)
+        if m.numel() > 64:  # Caffe prints every element; a big blob gets one summary line instead
+            log.info("%s net output #%d: %s = %s values, mean %g", which, j, name, list(m.shape),
+                     float(m.double().mean()))
+            j += m.numel()
+            continue
+        for v in m.flatten().tolist():
+            extra = f" (* {w:g} = {v * w:g} loss)" if w else ""
+            log.info("%s net output #%d: %s = %g%s", which, j, name, v, extra)
+            j += 1
 
 
 class Solver:
@@ -245,6 +261,9 @@ class Solver:
             self._apply_update()
             if display and self.is_root:
                 log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
+                if log.isEnabledFor(logging.INFO):
+                    _log_outputs("Train", {k: self.net.blobs[k].detach() for k in self.net.outputs},
+                                 self.net.loss_weights)
                 log.info("Iteration %d, lr = %.6g", self.iter, self.lr)
             self.iter += 1
             if progress is not None:
@@ -252,8 +271,24 @@ class Solver:
                 progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", lr=f"{self.lr:.3g}")
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
-            if self._stop_requested:
+            if self._should_stop():
                 break
+
+    def _should_stop(self) -> bool:
+        """Whether a stop was requested (Ctrl-C); under torchrun by any process, so all stop together."""
+        if self._ddp is None and self.world_size == 1:
+            return self._stop_requested
+        import torch.distributed as dist
+        flag = torch.tensor([1.0 if self._stop_requested else 0.0],
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._stop_requested = bool(flag.item())
+        return self._stop_requested
+
+    @property
+    def stopped_early(self) -> bool:
+        """True after :meth:`solve` was stopped by Ctrl-C (a snapshot was written)."""
+        return self._stop_requested
 
     # ------------------------------------------------------------------ the whole run
     def solve(self, inputs: Optional[Mapping[str, object]] = None, progress: bool = True) -> None:
@@ -287,7 +322,7 @@ class Solver:
                 bar.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        if sp.snapshot_after_train and (not sp.snapshot or self.iter % sp.snapshot != 0 or self._stop_requested):
+        if (sp.snapshot_after_train or self._stop_requested) and (not sp.snapshot or self.iter % sp.snapshot != 0):
             self.snapshot()
         if self._stop_requested:
             log.warning("optimization stopped early at iteration %d", self.iter)
@@ -313,11 +348,7 @@ class Solver:
         means = OrderedDict((name, s / max(n_iter, 1)) for name, s in sums.items())
         if self.param.test_compute_loss:
             log.info("Test loss: %g", loss / max(n_iter, 1))
-        for j, (name, m) in enumerate(means.items()):
-            w = tn.loss_weights.get(name, 0.0)
-            for v in m.flatten().tolist():
-                extra = f" (* {w:g} = {v * w:g} loss)" if w else ""
-                log.info("Test net output #%d: %s = %g%s", j, name, v, extra)
+        _log_outputs("Test", means, tn.loss_weights)
         return means
 
     def test_all(self, inputs=None) -> List["OrderedDict[str, torch.Tensor]"]:
