@@ -165,3 +165,13 @@ def test_bad_config():
         sc.SceneConfig(num_train=0, num_val=0).check()
     with pytest.raises(DataError, match="split"):
         sc.scene(SMALL, "test", 0)
+    for bad in ({"size": 33.5}, {"seed": -1}, {"num_train": True}, {"noise_sigma": float("nan")},
+                {"min_objects": 3, "max_objects": 2}, {"shared_colour_prob": 2.0}):
+        with pytest.raises(DataError):
+            sc.SceneConfig(**bad).check()
+
+
+def test_unwritable_root(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DataError, match="cannot create"):
+        sc.write_scenes(tmp_path / "file", SMALL, progress=False)

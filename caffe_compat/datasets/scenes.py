@@ -88,6 +88,12 @@ class SceneConfig:
 
     def check(self) -> "SceneConfig":
         """Raise :class:`DataError` for values that cannot make a sensible set."""
+        for name in ("size", "num_train", "num_val", "seed", "min_objects", "max_objects", "jpeg_quality"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise DataError(f"scene {name} must be an integer, got {v!r}")
+        if self.seed < 0:
+            raise DataError(f"scene seed must be >= 0, got {self.seed}")
         if not 17 <= int(self.size) <= 1024:
             raise DataError(f"scene size must be 17..1024 pixels, got {self.size}")
         if self.num_train < 0 or self.num_val < 0 or self.num_train + self.num_val == 0:
@@ -320,7 +326,10 @@ def write_scenes(root: PathLike, config: SceneConfig = SceneConfig(), *,
     config.check()
     root = Path(root)
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "list", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the scene folder '{root / sub}': {e}") from None
     out = SceneSet(root=root, config=config)
     jobs = [(split, i) for split, n in zip(SPLITS, (config.num_train, config.num_val)) for i in range(n)]
     for split in SPLITS:
