@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import require_reference
 import torch
 
 from golden import GOLDEN, assert_results, force_recorded_blobs, run_case
@@ -23,7 +25,7 @@ NETS = ["embs", "vgg", "res"]
 def _files(name):
     d = GOLDEN / "nets"
     if not d.exists():
-        pytest.skip(f"reference material not available: {d} does not exist")
+        require_reference(d)
     meta = json.loads((d / f"{name}_reduced.json").read_text())
     return d, meta
 
