@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from . import prototxt as _pt
 from . import schema
 from . import weights as _weights
 from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
-from .layers import BuildContext, get_layer_class, shape_only
+from .layers import BuildContext, Layer, get_layer_class, shape_only
 from .layers.base import check_shape
 
 log = logging.getLogger(__name__)
@@ -393,8 +393,14 @@ class Net(nn.Module):
             self.loss = term if self.loss is None else self.loss + term
         return OrderedDict((k, blobs[k]) for k in self.outputs)
 
+    def layer_schedule(self) -> Iterator[Tuple[int, nn.Module, List[str], List[str]]]:
+        """``(index, layer, bottom names, top names)`` of every layer, in net order."""
+        return ((i, layer, b, t) for i, (layer, b, t) in enumerate(zip(self.layers, self.bottom_names,
+                                                                        self.top_names)))
+
     def run_layers(self, blobs: Dict[str, torch.Tensor], *, device: Optional[torch.device] = None,
-                   call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None
+                   call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None,
+                   schedule: Optional[Iterable[Tuple[int, nn.Module, List[str], List[str]]]] = None
                    ) -> Dict[str, torch.Tensor]:
         """Run every computing layer in net order: the one loop of :meth:`forward`,
         :meth:`infer_shapes` and exported programs (:mod:`caffe_compat.export`).
@@ -408,12 +414,13 @@ class Net(nn.Module):
             call: ``call(layer, bottoms) -> tops`` instead of ``layer(*bottoms)``
                 (the shape pass runs layers on meta tensors this way).
             on_layer: called with each layer's index before it runs.
+            schedule: what to run, as :meth:`layer_schedule` gives it (the default).
 
         Layers that only declare net inputs (``feeds_net_inputs``) are skipped.
         Returns ``blobs``.
         """
-        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
-            if layer.feeds_net_inputs:
+        for i, layer, bnames, tnames in (self.layer_schedule() if schedule is None else schedule):
+            if isinstance(layer, Layer) and layer.feeds_net_inputs:  # a schedule may hold other modules
                 continue
             if on_layer is not None:
                 on_layer(i)
