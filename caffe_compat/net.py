@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from . import memory as _mem
 from . import weights as _weights
 from .errors import (CaffeCompatError, DataError, LayerConfigError, LayerRuntimeError, MemoryBudgetError, NetError,
                      NotSupportedError, ShapeError)
-from .layers import BuildContext, get_layer_class, shape_only
+from .layers import BuildContext, Layer, get_layer_class, shape_only
 from .layers.base import check_shape
 
 log = logging.getLogger(__name__)
@@ -514,9 +514,15 @@ class Net(nn.Module):
             self.loss = term if self.loss is None else self.loss + term
         return OrderedDict((k, blobs[k]) for k in self.outputs)
 
+    def layer_schedule(self) -> Iterator[Tuple[int, nn.Module, List[str], List[str]]]:
+        """``(index, layer, bottom names, top names)`` of every layer, in net order."""
+        return ((i, layer, b, t) for i, (layer, b, t) in enumerate(zip(self.layers, self.bottom_names,
+                                                                        self.top_names)))
+
     def run_layers(self, blobs: Dict[str, torch.Tensor], *, device: Optional[torch.device] = None,
                    call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None,
-                   failing: Optional[str] = None, failing_error: type = LayerRuntimeError
+                   failing: Optional[str] = None, failing_error: type = LayerRuntimeError,
+                   schedule: Optional[Iterable[Tuple[int, nn.Module, List[str], List[str]]]] = None
                    ) -> Dict[str, torch.Tensor]:
         """Run every computing layer in net order: the one loop of :meth:`forward`,
         :meth:`infer_shapes` and exported programs (:mod:`caffe_compat.export`).
@@ -534,12 +540,13 @@ class Net(nn.Module):
                 layer that is not a CaffeCompatError is re-raised as ``failing_error``
                 naming the layer and its type (the original chained), a lack of
                 memory as :class:`MemoryBudgetError`.
+            schedule: what to run, as :meth:`layer_schedule` gives it (the default).
 
         Layers that only declare net inputs (``feeds_net_inputs``) are skipped.
         Returns ``blobs``.
         """
-        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
-            if layer.feeds_net_inputs:
+        for i, layer, bnames, tnames in (self.layer_schedule() if schedule is None else schedule):
+            if isinstance(layer, Layer) and layer.feeds_net_inputs:  # a schedule may hold other modules
                 continue
             if on_layer is not None:
                 on_layer(i)

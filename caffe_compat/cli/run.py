@@ -164,7 +164,9 @@ def label_map(blob: np.ndarray) -> Optional[np.ndarray]:
         return None
     c = blob.shape[1]
     if 2 <= c <= 256:
-        return np.argmax(np.where(np.isnan(blob), -np.inf, blob), axis=1).astype(np.uint8)
+        from ..pipeline.gen_preds import first_max_skip_nan
+
+        return first_max_skip_nan(blob, axis=1).astype(np.uint8)
     if c == 1:
         v = blob[:, 0]
         if np.all(np.isfinite(v)) and np.all(v == np.round(v)) and v.min() >= 0 and v.max() <= 255:

@@ -186,14 +186,14 @@ def matlab_softmax(logits: np.ndarray) -> np.ndarray:
         return e / s[None]
 
 
-def first_max_skip_nan(probs: np.ndarray) -> np.ndarray:
-    """MATLAB ``[~, i] = max(p, [], channels); i - 1`` for ``C x H x W``: int64 ``H x W``.
+def first_max_skip_nan(probs: np.ndarray, axis: int = 0) -> np.ndarray:
+    """MATLAB ``[~, i] = max(p, [], dim); i - 1`` along ``axis`` (channels of ``C x H x W`` by default): int64.
 
-    The first (lowest) channel among equal maxima; NaN entries are ignored;
-    an all-NaN pixel gives 0.
+    The first (lowest) index among equal maxima; NaN entries are ignored;
+    an all-NaN position gives 0.  (``caffe-compat run`` labels its blobs with it too.)
     """
     masked = np.where(np.isnan(probs), -np.inf, probs)
-    return masked.argmax(axis=0)
+    return masked.argmax(axis=axis)
 
 
 def predict_labels(logits: np.ndarray, rows: Optional[int] = None, cols: Optional[int] = None) -> np.ndarray:
