@@ -27,7 +27,7 @@ def _failures(results):
 
 def test_harness_attributes_each_outcome_to_its_case():
     cases = [("selftest", k) for k in (0, 1, 2, 0, 3, 0)]
-    results = fuzz.run_cases(cases, batch=10, case_timeout=2, mem_gib=2)
+    results = fuzz.run_cases(cases, batch=10, case_timeout=2, hang_timeout=10, mem_gib=2)
     assert [r[2] for r in results] == ["ok", "raw", "crash", "ok", "timeout", "ok"]
     assert results[1][3].startswith("KeyError") and "exit status" in results[2][3]
 

@@ -552,7 +552,7 @@ def _abort():
 
 def _hang():
     import ctypes
-    ctypes.CDLL(None).sleep(60)   # in C: SIGALRM's Python handler cannot interrupt it
+    ctypes.CDLL(None).sleep(3600)   # in C, using no CPU: only the parent's watchdog ends it
 
 
 #: ``selftest`` (not a fuzz family): by seed % 4 the case succeeds, raises a raw error, aborts the
@@ -613,20 +613,21 @@ def child_main(case_file: str, start: int, mem_gib: float, case_timeout: float) 
     os.environ.pop("CAFFE_COMPAT_MAX_BYTES", None)   # the default budget must see the rlimit
 
     def on_alarm(signum, frame):
-        raise TimeoutError(f"case ran over {case_timeout} s")
-    signal.signal(signal.SIGALRM, on_alarm)
+        raise TimeoutError(f"case ran over {case_timeout} s of CPU time")
+    # CPU time, not wall time: a child starved by a loaded machine (or `nice`) is not timed out.
+    signal.signal(signal.SIGPROF, on_alarm)
     cases = json.loads(Path(case_file).read_text())
     root = tempfile.mkdtemp(prefix="fuzz-")
     try:
         for i in range(start, len(cases)):
             family, seed = cases[i]
             print(f"S {i}", flush=True)
-            signal.setitimer(signal.ITIMER_REAL, case_timeout)
+            signal.setitimer(signal.ITIMER_PROF, case_timeout)
             try:
                 outcome, detail = run_case(family, seed, root)
             except TimeoutError as e:
                 outcome, detail = "timeout", str(e)
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             if outcome == "raw" and detail.startswith("TimeoutError: case ran over"):
                 outcome = "timeout"
             print(f"D {i} {outcome} {json.dumps(detail)}", flush=True)
@@ -636,8 +637,16 @@ def child_main(case_file: str, start: int, mem_gib: float, case_timeout: float) 
 
 # ---------------------------------------------------------------------------------------- parent
 def run_cases(cases, *, batch: int = 200, case_timeout: float = 10.0, mem_gib: float = 4.0,
-              startup_timeout: float = 120.0, nice: int = 0, progress=None):
-    """Run ``[(family, seed)]`` in child processes; returns ``[(family, seed, outcome, detail)]``."""
+              hang_timeout: float = None, startup_timeout: float = 900.0, nice: int = 0, progress=None):
+    """Run ``[(family, seed)]`` in child processes; returns ``[(family, seed, outcome, detail)]``.
+
+    ``case_timeout``: CPU seconds a case may use (the child interrupts it); ``hang_timeout``:
+    wall-clock seconds without an answer after which the parent kills the child and records a
+    ``timeout`` for the running case (default ``max(120, 10 * case_timeout)``: generous, since a
+    loaded machine slows children down); ``startup_timeout``: for a child to import everything.
+    """
+    if hang_timeout is None:
+        hang_timeout = max(120.0, 10 * case_timeout)
     results = [None] * len(cases)
     with tempfile.TemporaryDirectory(prefix="fuzz-cases-") as tmp:
         pos = 0
@@ -647,13 +656,14 @@ def run_cases(cases, *, batch: int = 200, case_timeout: float = 10.0, mem_gib: f
             case_file.write_text(json.dumps(chunk))
             start = 0
             while start < len(chunk):
-                start = _run_child(chunk, case_file, start, results, pos, case_timeout, mem_gib,
+                start = _run_child(chunk, case_file, start, results, pos, case_timeout, hang_timeout, mem_gib,
                                    startup_timeout, nice, progress)
             pos += len(chunk)
     return results
 
 
-def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, startup_timeout, nice, progress):
+def _run_child(chunk, case_file, start, results, offset, case_timeout, hang_timeout, mem_gib, startup_timeout,
+               nice, progress):
     """One child from case ``start``; returns the index to restart from (``len(chunk)`` when done)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(case_file), str(start),
            str(mem_gib), str(case_timeout)]
@@ -669,7 +679,8 @@ def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, 
                 proc.wait()
                 if current is None:
                     raise RuntimeError("fuzz child did not start in time")
-                _record(results, offset, chunk, current, "timeout", f"no answer in {case_timeout + 5:.0f} s", progress)
+                _record(results, offset, chunk, current, "timeout", f"no answer in {hang_timeout:.0f} s (wall)",
+                        progress)
                 return current + 1
             ready, _, _ = select.select([proc.stdout], [], [], left)
             if not ready:
@@ -689,12 +700,12 @@ def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, 
                 parts = line.decode("utf-8", "replace").split(" ", 3)
                 if parts[0] == "S":
                     current = int(parts[1])
-                    deadline = time.monotonic() + case_timeout + 5
+                    deadline = time.monotonic() + hang_timeout
                 elif parts[0] == "D":
                     i = int(parts[1])
                     _record(results, offset, chunk, i, parts[2], json.loads(parts[3]), progress)
                     current = None
-                    deadline = time.monotonic() + case_timeout + 5
+                    deadline = time.monotonic() + hang_timeout
                     if i == len(chunk) - 1:
                         proc.wait()
                         return len(chunk)
@@ -739,7 +750,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=200, help="cases per child process")
     ap.add_argument("--jobs", type=int, default=1, help="child processes at once")
-    ap.add_argument("--case-timeout", type=float, default=10.0)
+    ap.add_argument("--case-timeout", type=float, default=10.0, help="CPU seconds per case")
+    ap.add_argument("--hang-timeout", type=float, default=None, help="wall seconds without an answer")
     ap.add_argument("--mem-gib", type=float, default=4.0, help="address space a child may add after imports")
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--json", help="write every result to this file")
@@ -761,13 +773,14 @@ def main(argv=None) -> int:
             tqdm.write(f"{r[2]}: {r[0]} seed {r[1]}: {r[3]}")
     if args.jobs <= 1:
         results = run_cases(cases, batch=args.batch, case_timeout=args.case_timeout, mem_gib=args.mem_gib,
-                            nice=args.nice, progress=progress)
+                            hang_timeout=args.hang_timeout, nice=args.nice, progress=progress)
     else:
         from concurrent.futures import ThreadPoolExecutor
         parts = [cases[j::args.jobs] for j in range(args.jobs)]
         with ThreadPoolExecutor(args.jobs) as pool:
             futs = [pool.submit(run_cases, p, batch=args.batch, case_timeout=args.case_timeout,
-                                mem_gib=args.mem_gib, nice=args.nice, progress=progress) for p in parts]
+                                hang_timeout=args.hang_timeout, mem_gib=args.mem_gib, nice=args.nice,
+                                progress=progress) for p in parts]
             results = [r for f in futs for r in f.result()]
     bar.close()
     elapsed = time.time() - t0
