@@ -367,3 +367,13 @@ def test_cli_internal_error_is_one_line(tmp_path, caplog, monkeypatch):
     caplog.clear()
     assert cli.main(["-v", "info", str(tmp_path / "x.prototxt")]) == 1
     assert [r for r in caplog.records if "internal error" in r.getMessage()][0].exc_info
+
+
+@pytest.mark.parametrize("prefix", ["a\\000b/", "z" * 300])
+def test_matwrite_odd_prefix(tmp_path, prefix):
+    text = CONV + ('layer { name: "mw" type: "MatWrite" bottom: "conv" mat_write_param { prefix: "%s/%s" } }'
+                   % (tmp_path, prefix))
+    net = _net(text)
+    with pytest.raises(CaffeCompatError, match=r"layer 'mw' \(MatWrite\)"):
+        net(data=torch.rand(1, 2, 4, 4))
+    assert [p for p in tmp_path.iterdir()] == []

@@ -18,6 +18,9 @@ Families (seeded mutations of valid files / calls):
 * ``mat``        ``.mat`` reading: Level-5 byte damage, v7.3 (HDF5) links and huge declared datasets.
 * ``writers``    every writer with odd paths (NUL, over-long, missing folder, a directory) and odd
                  layer names; a failed write must leave no file behind.
+* ``images``     image / label PNG reading (data layers, pipeline): damaged PNG / JPEG bytes, headers
+                 declaring absurd sizes, odd modes, resizing to odd sizes.
+* ``lists``      the data layers' and pipeline's list files: damaged lines, odd bytes and encodings.
 
 Cases run in child processes (many cases per child: importing torch dominates), under an
 address-space limit (``resource.setrlimit(RLIMIT_AS)``) and a per-case wall-clock watchdog.
@@ -492,6 +495,65 @@ def case_mat(rng, work):
     return lambda: matio.read_blob_mat(str(path)) if blob else matio.read_mat(str(path))
 
 
+def case_images(rng, work):
+    import numpy as np
+    from PIL import Image
+    from caffe_compat.pipeline import images, palette
+    arr = np.random.default_rng(rng.randrange(1000)).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    mode, fmt = rng.choice([("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("RGB", "JPEG"),
+                            ("RGBA", "PNG"), ("1", "PNG")])
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype("<u2") * 257)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    path = Path(work) / f"im.{fmt.lower()}"
+    data = buf.getvalue()
+    if rng.random() < 0.3:   # a header declaring an absurd size
+        import struct
+        if fmt == "PNG":
+            data = data[:16] + struct.pack(">II", rng.choice([0, 1, 65535, 2 ** 31 - 1]), rng.choice([0, 70000])) + data[24:]
+        else:
+            i = data.find(b"\xff\xc0")
+            if i > 0:
+                data = data[:i + 5] + struct.pack(">HH", 65500, 65500) + data[i + 9:]
+    else:
+        data = mutate_bytes(rng, data)
+    path.write_bytes(data)
+    op = rng.randrange(4)
+    size = rng.choice([(0, 0), (3, 4), (1, 100000), (70000, 70000)])
+
+    def act():
+        if op == 0:
+            images.read_image(str(path), rng.random() < 0.5, *size)
+        elif op == 1:
+            palette.read_label_png(str(path))
+        elif op == 2:
+            images.image_size(str(path))
+        else:
+            images.read_image(str(path), True)
+    return act
+
+
+def case_lists(rng, work):
+    from caffe_compat.pipeline import lists
+    base = rng.choice(["a.jpg a.png\nb.jpg b.png\n", "a.jpg 3\nb.jpg 12\n", "2008_000001\n2008_000002\n",
+                       "x/y.jpg x/y_l.png\n\n  z.jpg z.png  \n"])
+    text = mutate_text(rng, base) if rng.random() < 0.7 else mutate_bytes(rng, base.encode()).decode("latin-1")
+    path = Path(work) / "list.txt"
+    path.write_bytes(text.encode("utf-8", "surrogatepass") if rng.random() < 0.8 else text.encode("latin-1", "replace"))
+    op = rng.randrange(4)
+
+    def act():
+        if op == 0:
+            lists.read_seg_list(str(path), rng.random() < 0.5, rng.random() < 0.5)
+        elif op == 1:
+            lists.read_image_label_list(str(path))
+        elif op == 2:
+            lists.read_pair_list(str(path))
+        else:
+            lists.read_id_list(str(path), rng.choice([0, 1, 4, 100]))
+    return act
+
+
 def _odd_path(rng, folder: Path) -> str:
     return rng.choice([
         str(folder / "a\x00b"), str(folder / ("x" * rng.choice([255, 256, 300, 5000]))), str(folder / "missing" / "f"),
@@ -563,6 +625,7 @@ _SELFTEST_ACTS = [lambda: None, lambda: {}["raw"], _abort, _hang]
 FAMILIES = {
     "prototxt": case_prototxt, "caffemodel": case_caffemodel, "hdf5": case_hdf5, "checkpoint": case_checkpoint,
     "pt2": case_pt2, "forward": case_forward, "mat": case_mat, "writers": case_writers,
+    "images": case_images, "lists": case_lists,
 }
 
 
