@@ -49,18 +49,29 @@ PathLike = Union[str, os.PathLike]
 _PHASES = ("TRAIN", "TEST")
 
 
+class _ForwardOnly(nn.Module):
+    """Calls ``inner.forward`` directly: shape inference must not fire the user's forward hooks."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        return self.inner.forward(*args)
+
+
 def _meta_call(layer: nn.Module, bottoms: Sequence[torch.Tensor]):
-    """Run ``layer`` on meta tensors with meta copies of its parameters and buffers."""
+    """Run ``layer.forward`` (no hooks) on meta tensors with meta copies of its parameters and buffers."""
     if not any(True for _ in layer.parameters()) and not any(True for _ in layer.buffers()):
         with shape_only():   # nothing to swap: a plain call (functional_call costs ~0.1 ms)
-            return layer(*bottoms)
+            return layer.forward(*bottoms)
     state = {}
     for name, t in layer.named_parameters(remove_duplicate=False):
-        state[name] = t if t.is_meta else torch.empty_like(t, device="meta")
+        state["inner." + name] = t if t.is_meta else torch.empty_like(t, device="meta")
     for name, t in layer.named_buffers(remove_duplicate=False):
-        state[name] = t if t.is_meta else torch.empty_like(t, device="meta")
+        state["inner." + name] = t if t.is_meta else torch.empty_like(t, device="meta")
     with shape_only():
-        return torch.func.functional_call(layer, state, tuple(bottoms))
+        return torch.func.functional_call(_ForwardOnly(layer), state, tuple(bottoms))
 
 
 class _ShapeMemo:
@@ -94,6 +105,9 @@ class _ShapeMemo:
 
     def tops(self, layer, bottoms: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """Meta tensors shaped like ``layer``'s tops for these (meta) bottoms."""
+        if layer.same_shape_tops and bottoms:
+            b = bottoms[0]   # torch.empty: empty_like on meta goes through a slow Python meta function
+            return tuple(torch.empty(b.shape, device="meta", dtype=b.dtype) for _ in layer.param.top)
         key = self._key(layer, [tuple(b.shape) for b in bottoms])
         shapes = self._memo.get(key) if key is not None else None
         if shapes is not None:

@@ -377,3 +377,12 @@ def test_matwrite_odd_prefix(tmp_path, prefix):
     with pytest.raises(CaffeCompatError, match=r"layer 'mw' \(MatWrite\)"):
         net(data=torch.rand(1, 2, 4, 4))
     assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_shape_inference_does_not_fire_forward_hooks():
+    net = _net()
+    calls = []
+    net.layers[0].register_forward_hook(lambda m, a, out: calls.append(out[0].device.type))
+    net(data=torch.rand(1, 2, 9, 9))   # a new input size: the memory check infers shapes first
+    net.infer_shapes(data=(1, 2, 5, 5))
+    assert calls == ["cpu"]

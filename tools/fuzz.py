@@ -641,6 +641,7 @@ def run_case(family: str, seed: int, root: str):
     logging.disable(logging.CRITICAL)
     rng = random.Random(f"{family}:{seed}")
     work = tempfile.mkdtemp(dir=root)
+    os.chdir(work)   # relative paths (an empty file name, say) stay inside the case's folder
     try:
         act = _SELFTEST_ACTS[seed % 4] if family == "selftest" else FAMILIES[family](rng, work)
     except Exception as e:  # noqa: BLE001 - the fuzzer's own setup failed: not a finding
@@ -659,6 +660,7 @@ def run_case(family: str, seed: int, root: str):
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return "raw", f"{type(e).__name__}: {first}"
     finally:
+        os.chdir(root)
         shutil.rmtree(work, ignore_errors=True)
 
 
