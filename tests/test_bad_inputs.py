@@ -386,3 +386,13 @@ def test_shape_inference_does_not_fire_forward_hooks():
     net(data=torch.rand(1, 2, 9, 9))   # a new input size: the memory check infers shapes first
     net.infer_shapes(data=(1, 2, 5, 5))
     assert calls == ["cpu"]
+
+
+def test_image_resize_to_absurd_size_is_refused(tmp_path):
+    from PIL import Image
+    from caffe_compat.pipeline.images import read_image
+    path = tmp_path / "im.png"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(path)
+    with pytest.raises(MemoryBudgetError, match=r"im.png': resizing to 70000x70000"):
+        read_image(str(path), True, 70000, 70000)
+    assert read_image(str(path), True, 8, 10).shape == (8, 10, 3)
