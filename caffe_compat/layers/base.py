@@ -128,10 +128,10 @@ class Layer(nn.Module):
 
     def __init__(self, param, bottom_shapes: Sequence[Sequence[int]], ctx: BuildContext):
         super().__init__()
-        self.name: str = param.name
-        self.param = param
-        self.ctx = ctx
-        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        # plain attributes straight into __dict__: nn.Module.__setattr__ costs ~5 us each, which
+        # adds up in nets of thousands of layers
+        self.__dict__.update(name=param.name, param=param, ctx=ctx,
+                             bottom_shapes=[tuple(int(d) for d in s) for s in bottom_shapes])
         self.blobs = nn.ParameterList()
         self._check_counts(len(bottom_shapes), "bottom", self.num_bottoms)
         n_tops = len(param.top)
@@ -168,8 +168,8 @@ class Layer(nn.Module):
             return shared
         if self.ctx.memory is not None and self.ctx.device.type != "meta":
             self.ctx.memory.reserve(math.prod(shape) * self.ctx.dtype.itemsize,
-                                    f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
-                                    f"{len(self.blobs)} of shape {list(shape)}")
+                                    lambda: f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
+                                            f"{len(self.blobs)} of shape {list(shape)}")
         data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
         if data.device.type != "meta":
             # Fill on the CPU with the net's CPU generator, then move: the same seeded
