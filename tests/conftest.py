@@ -1,8 +1,9 @@
 """Shared pytest helpers.
 
 The reference material (PROTO.md, LAYERS.md, configs/, golden/) lives outside the
-repository, in ``<repo>/../shared/reference``. Tests that need it use the
-``reference_dir`` fixture, which skips with a clear message when it is absent.
+repository, in ``<repo>/../shared/reference``. Tests that need it use
+:func:`reference_path` / the ``reference_dir`` fixture, which skip with a clear
+message when the folder is absent, and fail when only a part of it is missing.
 """
 
 from __future__ import annotations
@@ -15,12 +16,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = (REPO_ROOT / ".." / "shared" / "reference").resolve()
 
 
+def require_reference(path: Path) -> Path:
+    """``path`` (inside the reference folder), which must exist.
+
+    Without the reference folder at all the calling test skips with a clear
+    message (a clone outside the project's workspace); with it, a missing file
+    or folder is a FAILURE: goldens that vanish must not turn tests into skips.
+    """
+    if not REFERENCE_DIR.exists():
+        pytest.skip(f"reference material not available: {REFERENCE_DIR} does not exist")
+    if not Path(path).exists():
+        pytest.fail(f"reference material incomplete: {path} is missing (the reference folder "
+                    f"{REFERENCE_DIR} exists)", pytrace=False)
+    return Path(path)
+
+
 def reference_path(*parts: str) -> Path:
-    """Path inside the reference folder; skips the calling test if it does not exist."""
-    path = REFERENCE_DIR.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference material not available: {path} does not exist")
-    return path
+    """Path inside the reference folder; see :func:`require_reference` (skip if the folder is absent,
+    fail if only this part is)."""
+    return require_reference(REFERENCE_DIR.joinpath(*parts))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, require_reference
 
 from caffe_compat.cli import COMMANDS, build_parser, main
 
@@ -59,7 +59,7 @@ def test_info_full_size_original_config_json():
     """The full-size res TEST config (1400+ layers, with its data layers) without computing activations."""
     shapes = REFERENCE_DIR / "golden" / "shapes" / "res__test.json"
     if not shapes.exists():
-        pytest.skip(f"reference material not available: {shapes} does not exist")
+        require_reference(shapes)
     rec = json.loads(shapes.read_text())
     args = ["info", str(REFERENCE_DIR / "configs" / "res" / "test.prototxt"), "--json"]
     for k, v in rec["template_values"].items():

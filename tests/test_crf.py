@@ -26,7 +26,7 @@ from caffe_compat.ops.meanfield import MeanfieldKernel, normconv_meanfield
 from caffe_compat.ops.norm_conv import (FLT_MAX_OVER_100, L1, L2, Window, _dist_backward, masked_window_sum,
                                         norm_conv, normconv_mask, window_distances)
 
-from conftest import reference_path
+from conftest import REFERENCE_DIR, reference_path
 
 BIG = FLT_MAX_OVER_100
 
@@ -114,7 +114,9 @@ def test_window_distances_match_explicit_im2dist(gi, norm, rc, rb):
 def _im2dist_cases():
     try:
         idx = json.loads(reference_path("golden", "layers", "INDEX.json").read_text())
-    except BaseException:  # reference absent: the test skips
+    except BaseException:  # reference absent: the test skips (a missing part of it fails collection)
+        if REFERENCE_DIR.exists():
+            raise
         return ["<reference absent>"]
     return sorted(c for c, v in idx.items() if v["layer_type"] == "Im2dist")
 

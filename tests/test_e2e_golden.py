@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, require_reference
 
 from caffe_compat.cli import main
 
@@ -30,7 +30,7 @@ ABS_TOL = 2e-3
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory):
     if not E2E.exists():
-        pytest.skip(f"reference material not available: {E2E} does not exist")
+        require_reference(E2E)
     out = tmp_path_factory.mktemp("e2e_out")
     rc = main(["test", str(PROTO), str(MODEL), "--define", f"GOLDEN_E2E={E2E}", "--out", str(out),
                "--workers", "1", "--no-progress"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, require_reference
 from golden import GOLDEN, assert_results, golden_index, run_case, set_params, template_defines
 
 import caffe_compat
@@ -24,14 +24,14 @@ CASES = golden_index("layers")
 def _load(case):
     d = GOLDEN / "layers"
     if not d.exists():
-        pytest.skip(f"reference material not available: {d} does not exist")
+        require_reference(d)
     return np.load(d / CASES[case]["file"])
 
 
 @pytest.mark.parametrize("case", sorted(CASES) or ["<no golden layers: reference absent>"])
 def test_golden_layer_case(case):
     if case not in CASES:
-        pytest.skip(f"reference material not available: {GOLDEN / 'layers'} does not exist")
+        require_reference(GOLDEN / 'layers')
     meta = CASES[case]
     npz = _load(case)
     net = caffe_compat.Net.from_string(str(npz["prototxt"]), phase=meta.get("phase", "TEST"),
@@ -47,7 +47,7 @@ def test_golden_layer_case(case):
 @pytest.mark.parametrize("case", sorted(c for c in CASES if "caffemodel" in CASES[c].get("keys", [])) or ["<none>"])
 def test_golden_layer_caffemodel_loads(case, tmp_path):
     if case not in CASES:
-        pytest.skip(f"reference material not available: {GOLDEN / 'layers'} does not exist")
+        require_reference(GOLDEN / 'layers')
     meta = CASES[case]
     npz = _load(case)
     model = tmp_path / "fork.caffemodel"

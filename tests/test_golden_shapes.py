@@ -12,7 +12,7 @@ import json
 import pytest
 
 from golden import GOLDEN
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, require_reference
 
 import caffe_compat
 
@@ -45,7 +45,7 @@ def _renamed(net, rec):
 @pytest.mark.parametrize("case", NET_CASES or ["<reference absent>"])
 def test_original_config_shapes(case):
     if case not in NET_CASES:
-        pytest.skip(f"reference material not available: {SHAPES} does not exist")
+        require_reference(SHAPES)
     rec = json.loads((SHAPES / f"{case}.json").read_text())
     folder, fname = case.split("__")
     path = REFERENCE_DIR / "configs" / folder / f"{fname}.prototxt"
@@ -70,11 +70,15 @@ def test_original_config_shapes(case):
 @pytest.mark.parametrize("case", [c for c in CASES if c not in NET_CASES] or ["<reference absent>"])
 def test_solver_files_parse(case):
     if case not in CASES:
-        pytest.skip(f"reference material not available: {SHAPES} does not exist")
+        require_reference(SHAPES)
+    """Each solver file parses with the fork's template values into exactly the solver the fork recorded."""
     from caffe_compat.prototxt import parse_solver, read_text
-    import re
+    rec = json.loads((SHAPES / f"{case}.json").read_text())
     folder, fname = case.split("__")
     text, src = read_text(REFERENCE_DIR / "configs" / folder / f"{fname}.prototxt")
-    names = set(re.findall(r"\$\{(\w+)\}", text))
-    solver = parse_solver(text, src, {n: "1" for n in names})
+    solver = parse_solver(text, src, rec.get("template_values") or {})
     assert solver.IsInitialized()
+    fork = parse_solver(rec["solver"], f"{case}.json:solver")
+    assert solver == fork, f"parsed solver differs from the fork's:\n{solver}\nvs\n{fork}"
+    # and the recorded fields are set (not just equal defaults): e.g. base_lr, lr_policy, max_iter
+    assert fork.ListFields() and all(solver.HasField(f.name) for f, _ in fork.ListFields() if f.label != 3)

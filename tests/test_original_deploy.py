@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, require_reference
 
 from caffe_compat import Net
 
@@ -21,7 +21,7 @@ CONFIGS = REFERENCE_DIR / "configs"
 def test_original_deploy_loads_weights_unchanged(name, tmp_path):
     path = CONFIGS / name / "deploy.prototxt"
     if not path.exists():
-        pytest.skip(f"reference material not available: {path} does not exist")
+        require_reference(path)
     a = Net(path, seed=0)
     assert a.inputs and a.layer_types[0] == "Input"
     model = tmp_path / f"{name}.caffemodel"

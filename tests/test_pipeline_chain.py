@@ -28,7 +28,7 @@ from PIL import Image
 from caffe_compat import Net
 from caffe_compat.cli import main
 
-from conftest import REFERENCE_DIR, REPO_ROOT
+from conftest import REFERENCE_DIR, REPO_ROOT, require_reference
 
 CONFIG = REPO_ROOT / "configs" / "tiny_segaware_test.prototxt"
 WEIGHTS = REPO_ROOT / "examples" / "tiny_segaware.caffemodel"
@@ -375,7 +375,7 @@ def test_chain_on_golden_data_dataset(tmp_path, capsys):
     so the colour classifier scores poorly here: this checks the chain, not the model.
     """
     if not GOLDEN_DATASET.is_dir():
-        pytest.skip(f"reference dataset not available: {GOLDEN_DATASET} does not exist")
+        require_reference(GOLDEN_DATASET)
     lst = GOLDEN_DATASET / "list" / "test.txt"
     ids_file = GOLDEN_DATASET / "list" / "val_id.txt"
     gt_dir = GOLDEN_DATASET / "SegmentationClass"

@@ -266,7 +266,7 @@ def test_read_features_layout():
 
 def _gen_error_cases():
     root = PIPE / "gen_preds" / "errors"
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if REFERENCE_DIR.exists() else []
 
 
 @pytest.mark.parametrize("case", _gen_error_cases())
@@ -518,7 +518,7 @@ def test_eval_golden_main():
 
 def _scenarios():
     root = PIPE / "eval" / "scenarios"
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if REFERENCE_DIR.exists() else []
 
 
 @pytest.mark.parametrize("scenario", _scenarios())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import require_reference
 from google.protobuf import descriptor_pool, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -25,7 +27,7 @@ PROTO_MD = REFERENCE / "PROTO.md"
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"reference material not available: {path} does not exist")
+        require_reference(path)
     return path
 
 
@@ -79,7 +81,7 @@ PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
 def _config_files():
-    if not CONFIGS.is_dir():
+    if not REFERENCE.is_dir():
         return [pytest.param(None, id="no-reference", marks=pytest.mark.skip(
             reason=f"reference configs not available: {CONFIGS} does not exist"))]
     return [pytest.param(p, id=f"{p.parent.name}/{p.name}")

@@ -40,3 +40,8 @@ def positive_int(layer, value, field: str) -> int:
 def optional_int(msg, field: str = "ignore_label") -> Optional[int]:
     """``int(msg.field)`` if the proto2 field is given, else ``None`` (e.g. an optional ``ignore_label``)."""
     return int(getattr(msg, field)) if msg.HasField(field) else None
+
+
+def meta_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An empty ``meta`` tensor: what layers with side effects return during the net's shape pass."""
+    return torch.empty(tuple(shape), device="meta", dtype=dtype)

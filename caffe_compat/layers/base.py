@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Type
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import LayerConfigError, ShapeError, UnknownLayerError, layer_error
+
+log = logging.getLogger(__name__)
 
 #: Refuse any single blob with more elements than this (before allocating).
 MAX_BLOB_ELEMENTS = 2 ** 34
@@ -223,18 +226,35 @@ class Layer(nn.Module):
 REGISTRY: Dict[str, Type[Layer]] = {}
 
 
+_BUILTIN_PACKAGE = __name__.rsplit(".", 1)[0] + "."  # "caffe_compat.layers."
+
+
+def _is_builtin(cls: type) -> bool:
+    return cls.__module__.startswith(_BUILTIN_PACKAGE)
+
+
 def register_layer(type_name: str, *aliases: str) -> Callable[[Type[Layer]], Type[Layer]]:
     """Class decorator registering a :class:`Layer` under Caffe type names.
 
-    Re-registering a name replaces the previous class (so users can override
-    a built-in layer on purpose).
+    A user's registration always wins over the built-in layer of that name,
+    whenever it is made: the built-in families are imported lazily (on the
+    first lookup), and a built-in class never replaces a class registered from
+    outside ``caffe_compat.layers``.  Re-registering a name from user code
+    replaces the previous class (so users can override a built-in layer, or
+    their own earlier one, on purpose).
     """
 
     def deco(cls: Type[Layer]) -> Type[Layer]:
         if not (isinstance(cls, type) and issubclass(cls, Layer)):
             raise TypeError(f"register_layer({type_name!r}) expects a Layer subclass, got {cls!r}")
         cls.type_name = type_name
+        builtin = _is_builtin(cls)
         for name in (type_name,) + aliases:
+            old = REGISTRY.get(name)
+            if builtin and old is not None and not _is_builtin(old):
+                log.debug("layer type %r: keeping the user's %s over the built-in %s",
+                          name, old.__qualname__, cls.__qualname__)
+                continue
             REGISTRY[name] = cls
         return cls
 

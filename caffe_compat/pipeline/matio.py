@@ -1,12 +1,15 @@
-"""MATLAB ``.mat`` files as the fork's MatWrite wrote them, and a small reader.
+"""MATLAB ``.mat`` files as the fork's MatWrite wrote them, and a reader, on ``scipy.io`` and ``h5py``.
 
-Writing (:func:`write_mat`, :func:`write_blob_mat`) produces the same Level-5
-("MATLAB 5.0 MAT-file") layout as libmatio 1.5 ``Mat_Create`` +
+Writing (:func:`write_mat`, :func:`write_blob_mat`) produces the Level-5
+("MATLAB 5.0 MAT-file") layout of libmatio 1.5 ``Mat_Create`` +
 ``Mat_VarWrite(..., MAT_COMPRESSION_NONE)`` used by the fork: a 128-byte
-header, then one uncompressed ``miMATRIX`` element per variable (array flags,
-dimensions, name, real data), every element padded to 8 bytes.  Apart from the
-header text, a file written here for a blob is byte-identical to the fork's
-(checked against ``golden/data/matwrite``).
+header, then one uncompressed ``miMATRIX`` element per variable.  The elements
+are :func:`scipy.io.savemat`'s (``format="5"``, no compression, 1-D arrays as
+rows): measured on every file of ``golden/data/matwrite``, they are byte for
+byte the fork's.  The header is written here, as libmatio lays it out (text
+padded with spaces, subsystem offset of spaces, version 0x0100, ``IM``):
+scipy fills the subsystem offset with zeros, so with ours a file equals the
+fork's from byte 116 on (only the header text differs: platform, date).
 
 MatWrite's layout (:func:`write_blob_mat`): one variable ``data``, class
 single (float32), dims ``[W, H, C, N]`` taken from Caffe's legacy 4-D accessors
@@ -23,72 +26,57 @@ fork.
 
 Reading (:func:`read_mat`): Level-5 files (MATLAB ``-v6``/``-v7`` incl.
 zlib-compressed variables, libmatio, SciPy) with numeric, logical and char
-arrays; ``-v7.3`` (HDF5) files through h5py when it is installed.  Cells,
-structs, sparse and object arrays raise :class:`NotSupportedError`.
-:func:`read_blob_mat` is the fork's ``ReadBlobFromMat`` (the inverse of
-:func:`write_blob_mat`).
+arrays are parsed here, in pure Python, and ``-v7.3`` (HDF5) files through
+h5py.  Why not :func:`scipy.io.loadmat`: scipy 1.17.1 crashes the process
+(SIGSEGV) on damaged files, measured on MatWrite files with one flipped byte
+(a small data element of unknown type; the complex flag set in the array
+flags), where a reader of untrusted files must raise an error instead.  The
+declared size of every variable is checked before it is read; cells,
+structs, sparse, complex and object arrays raise :class:`NotSupportedError`;
+a corrupt file raises :class:`DataError` naming it.  :func:`read_blob_mat` is
+the fork's ``ReadBlobFromMat`` (the inverse of :func:`write_blob_mat`).
 """
 from __future__ import annotations
 
+import io
+import math
 import os
 import struct
 import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_write
-from ..errors import DataError, NotSupportedError
+from ..errors import CaffeCompatError, DataError, NotSupportedError
 
-# Level-5 data types
+HEADER_TEXT_LEN = 116
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+#: dtypes a variable may be written with (complex, object and string arrays are refused)
+_WRITABLE = frozenset(np.dtype(c) for c in ("f8", "f4", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "?"))
+_UNSUPPORTED_CLASSES = ("cell", "struct", "object", "sparse", "function", "opaque")
+
+# Level-5 data types and array classes (for reading)
 miINT8, miUINT8, miINT16, miUINT16, miINT32, miUINT32 = 1, 2, 3, 4, 5, 6
 miSINGLE, miDOUBLE, miINT64, miUINT64, miMATRIX, miCOMPRESSED = 7, 9, 12, 13, 14, 15
 miUTF8, miUTF16, miUTF32 = 16, 17, 18
-
 _MI_DTYPES = {
     miINT8: "i1", miUINT8: "u1", miINT16: "i2", miUINT16: "u2", miINT32: "i4", miUINT32: "u4",
     miSINGLE: "f4", miDOUBLE: "f8", miINT64: "i8", miUINT64: "u8", miUTF8: "u1", miUTF16: "u2",
     miUTF32: "u4",
 }
-
-# array classes
 mxCELL, mxSTRUCT, mxOBJECT, mxCHAR, mxSPARSE = 1, 2, 3, 4, 5
-mxDOUBLE, mxSINGLE, mxINT8, mxUINT8, mxINT16, mxUINT16 = 6, 7, 8, 9, 10, 11
-mxINT32, mxUINT32, mxINT64, mxUINT64 = 12, 13, 14, 15
-
-_CLASS_DTYPES = {
-    mxDOUBLE: "f8", mxSINGLE: "f4", mxINT8: "i1", mxUINT8: "u1", mxINT16: "i2", mxUINT16: "u2",
-    mxINT32: "i4", mxUINT32: "u4", mxINT64: "i8", mxUINT64: "u8",
-}
+_CLASS_DTYPES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 _CLASS_NAMES = {mxCELL: "cell", mxSTRUCT: "struct", mxOBJECT: "object", mxSPARSE: "sparse"}
+_LOGICAL_FLAG, _COMPLEX_FLAG = 0x200, 0x800
 
-# numpy kind/size -> (class, data type) for writing
-_WRITE_TYPES = {
-    np.dtype("f8"): (mxDOUBLE, miDOUBLE), np.dtype("f4"): (mxSINGLE, miSINGLE),
-    np.dtype("i1"): (mxINT8, miINT8), np.dtype("u1"): (mxUINT8, miUINT8),
-    np.dtype("i2"): (mxINT16, miINT16), np.dtype("u2"): (mxUINT16, miUINT16),
-    np.dtype("i4"): (mxINT32, miINT32), np.dtype("u4"): (mxUINT32, miUINT32),
-    np.dtype("i8"): (mxINT64, miINT64), np.dtype("u8"): (mxUINT64, miUINT64),
-}
-_LOGICAL_FLAG = 0x200
-_COMPLEX_FLAG = 0x800
-
-HEADER_TEXT_LEN = 116
-
-
-def _pad8(n: int) -> int:
-    return (8 - n % 8) % 8
-
-
-def _element(dtype_code: int, payload: bytes, small_ok: bool = True) -> bytes:
-    """One data element, in the small format when the payload fits in 4 bytes (as matio does)."""
-    n = len(payload)
-    if small_ok and 0 < n <= 4:
-        return struct.pack("<HH", dtype_code, n) + payload + b"\0" * (4 - n)
-    return struct.pack("<II", dtype_code, n) + payload + b"\0" * _pad8(n)
+#: environment variable: most bytes one variable of a ``.mat`` file may declare (default: the
+#: memory available when the file is read)
+MAX_BYTES_ENV = "CAFFE_COMPAT_MAX_BYTES"
 
 
 def header(text: Optional[str] = None) -> bytes:
@@ -103,42 +91,31 @@ def header(text: Optional[str] = None) -> bytes:
     return raw + b" " * 8 + struct.pack("<H", 0x0100) + b"IM"
 
 
-def _matrix_element(name: str, arr: np.ndarray) -> bytes:
+def _checked_variable(name, arr) -> np.ndarray:
+    if not isinstance(name, str) or not name or not name.isidentifier() or len(name) > 63:
+        raise DataError(f"invalid MATLAB variable name {name!r}")
     arr = np.asarray(arr)
-    logical = arr.dtype == np.bool_
-    if logical:
-        arr = arr.astype(np.uint8)
-    key = np.dtype(arr.dtype.str[1:])  # byte order dropped: '<f4', '>f4' -> 'f4'
-    if key not in _WRITE_TYPES:
+    if np.dtype(arr.dtype.str[1:] if arr.dtype.str[0] in "<>" else arr.dtype) not in _WRITABLE:
         raise DataError(f"cannot write variable {name!r}: unsupported dtype {arr.dtype} "
                         f"(real numeric or bool arrays only)")
-    cls, mi = _WRITE_TYPES[key]
-    if arr.ndim == 0:
-        arr = arr.reshape(1, 1)
-    elif arr.ndim == 1:
-        arr = arr.reshape(1, -1)  # a row vector, like MATLAB and scipy's default
-    flags = cls | (_LOGICAL_FLAG if logical else 0)
-    body = _element(miUINT32, struct.pack("<II", flags, 0), small_ok=False)
-    dims = arr.shape
-    if any(d > 0x7FFFFFFF for d in dims):
+    if any(d > 0x7FFFFFFF for d in arr.shape):
         raise DataError(f"cannot write variable {name!r}: dimension too large for a MAT file")
-    body += _element(miINT32, struct.pack(f"<{len(dims)}i", *dims), small_ok=False)
-    body += _element(miINT8, name.encode("ascii"))
-    data = np.asarray(arr, dtype=key.newbyteorder("<")).tobytes(order="F")
-    body += _element(mi, data, small_ok=False)
-    if len(body) > 0xFFFFFFFF:
+    if arr.nbytes > 0xFFFFFFFF - 1024:
         raise DataError(f"cannot write variable {name!r}: more than 4 GB (Level-5 MAT limit)")
-    return struct.pack("<II", miMATRIX, len(body)) + body
+    return arr
 
 
 def mat_bytes(variables: Mapping[str, np.ndarray], header_text: Optional[str] = None) -> bytes:
     """The bytes of a Level-5 MAT file holding ``variables`` (uncompressed)."""
-    out = [header(header_text)]
-    for name, arr in variables.items():
-        if not isinstance(name, str) or not name or not name.isidentifier() or len(name) > 63:
-            raise DataError(f"invalid MATLAB variable name {name!r}")
-        out.append(_matrix_element(name, arr))
-    return b"".join(out)
+    from scipy.io import savemat
+
+    checked = {name: _checked_variable(name, arr) for name, arr in variables.items()}
+    buf = io.BytesIO()
+    try:
+        savemat(buf, checked, format="5", do_compression=False, oned_as="row")
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"cannot write variables {sorted(checked)} as a MAT file: {e}") from None
+    return header(header_text) + buf.getvalue()[128:]
 
 
 def write_mat(path: str, variables: Mapping[str, np.ndarray], overwrite: bool = True,
@@ -169,9 +146,81 @@ def write_blob_mat(path: str, blob, overwrite: bool = False) -> bool:
 
 
 # ------------------------------------------------------------------------------------- reading
+def max_read_bytes() -> int:
+    """Most bytes one variable may declare: ``$CAFFE_COMPAT_MAX_BYTES``, else the memory available now."""
+    env = os.environ.get(MAX_BYTES_ENV)
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise DataError(f"${MAX_BYTES_ENV}={env!r} is not a number of bytes") from None
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit beyond the allocator's
+        return sys.maxsize
+
+
+def _check_declared(path: str, name: str, shape: Sequence[int], itemsize: int) -> None:
+    """Refuse, before reading it, a variable whose declared size cannot fit in memory."""
+    if any(int(d) < 0 for d in shape):
+        raise DataError(f"MAT file '{path}': variable {name!r} declares negative dims {list(shape)}")
+    n = math.prod(int(d) for d in shape)
+    limit = max_read_bytes()
+    if n * itemsize > limit:
+        raise DataError(f"MAT file '{path}': variable {name!r} declares dims {list(shape)} "
+                        f"({n * itemsize:,} bytes), more than the {limit:,} bytes that may be read "
+                        f"(${MAX_BYTES_ENV}); a corrupt or hostile file?")
+
+
+def _unsupported(path: str, name: str, kind: str) -> NotSupportedError:
+    return NotSupportedError(f"MAT file '{path}': variable {name!r} is a {kind} array; only "
+                             f"real numeric, logical and char arrays are supported")
+
+
+def _read_v73(path: str, names: Optional[set]) -> Dict[str, object]:
+    """A ``-v7.3`` (HDF5) file: every top-level dataset, dims reversed back to MATLAB's."""
+    import h5py
+
+    out: Dict[str, object] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for key in f:
+                if key.startswith("#") or (names is not None and key not in names):
+                    continue
+                try:
+                    ds = f[key]
+                except (KeyError, OSError):
+                    raise DataError(f"MAT file '{path}': variable {key!r} is a link to nothing "
+                                    f"(dangling or external link)") from None
+                if not isinstance(ds, h5py.Dataset):
+                    raise _unsupported(path, key, "struct/cell (HDF5 group)")
+                cls = ds.attrs.get("MATLAB_class", b"")
+                cls = cls.decode("ascii", "replace") if isinstance(cls, bytes) else str(cls)
+                if cls in _UNSUPPORTED_CLASSES or ds.dtype.kind not in "biuf":
+                    raise _unsupported(path, key, cls or str(ds.dtype))
+                _check_declared(path, key, ds.shape, ds.dtype.itemsize)
+                arr = np.asarray(ds[()]).T  # HDF5 stores MATLAB's column-major dims reversed
+                if cls == "logical":
+                    arr = arr.astype(bool)
+                elif cls == "char":
+                    arr = "".join(map(chr, arr.ravel(order="F"))) if arr.ndim == 2 and arr.shape[0] == 1 else arr
+                out[key] = arr
+    except CaffeCompatError:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError on damaged files
+        raise DataError(f"MAT file '{path}': corrupt v7.3 (HDF5) file: {type(e).__name__}: {e}") from None
+    return out
+
+
+def _pad8(n: int) -> int:
+    return (8 - n % 8) % 8
+
+
 class _Reader:
-    def __init__(self, data: bytes, endian: str, where: str):
-        self.data, self.e, self.where = data, endian, where
+    """Level-5 data elements of one file (``where`` names it in errors)."""
+
+    def __init__(self, endian: str, where: str, path: str):
+        self.e, self.where, self.path = endian, where, path
 
     def tags(self, buf: bytes):
         pos, n = 0, len(buf)
@@ -210,8 +259,9 @@ class _Reader:
             return name, -1, None
         if len(parts) < 4:
             raise DataError(f"{self.where}: variable {name!r} has no data")
+        _check_declared(self.path, name, dims, np.dtype(_CLASS_DTYPES.get(cls, "f8")).itemsize)
         real = self.numeric(*parts[3])
-        count = int(np.prod(dims)) if dims else 0
+        count = math.prod(dims) if dims else 0
         if real.size != count:
             raise DataError(f"{self.where}: variable {name!r} holds {real.size} values for dims {list(dims)}")
         if cls == mxCHAR:
@@ -227,21 +277,39 @@ class _Reader:
         return name, cls, arr
 
 
-def _read_v73(path: str, names: Optional[Iterable[str]]) -> Dict[str, np.ndarray]:
-    try:
-        import h5py  # noqa: WPS433 - optional dependency
-    except ImportError:
-        raise NotSupportedError(f"'{path}' is a MATLAB v7.3 (HDF5) file: install h5py to read it") from None
-    out = {}
-    with h5py.File(path, "r") as f:
-        for key in f:
-            if key.startswith("#") or (names is not None and key not in names):
+def _is_v73(head: bytes) -> bool:
+    if head[:8] == _HDF5_MAGIC or head[512:520] == _HDF5_MAGIC or head.startswith(b"MATLAB 7.3"):
+        return True
+    return head[126:128] in (b"IM", b"MI") and head[124:126] in (b"\x00\x02", b"\x02\x00")
+
+
+def _read_level5(path: str, data: bytes, names: Optional[set]) -> Dict[str, object]:
+    endian = "<" if data[126:128] == b"IM" else ">"
+    r = _Reader(endian, f"MAT file '{path}'", path)
+    out: Dict[str, object] = {}
+    limit = max_read_bytes()
+    for t, payload in r.tags(data[128:]):
+        if t == miCOMPRESSED:
+            inflater = zlib.decompressobj()
+            try:
+                payload = inflater.decompress(payload, limit + 1)
+            except zlib.error as e:
+                raise DataError(f"MAT file '{path}': corrupt compressed variable ({e})") from None
+            if len(payload) > limit:
+                raise DataError(f"MAT file '{path}': a compressed variable inflates to more than the "
+                                f"{limit:,} bytes that may be read (${MAX_BYTES_ENV})")
+            inner = list(r.tags(payload))
+            if not inner:
                 continue
-            ds = f[key]
-            if not isinstance(ds, h5py.Dataset):
-                raise NotSupportedError(f"'{path}': variable {key!r} is not a numeric array")
-            arr = ds[()]
-            out[key] = np.asarray(arr).T  # HDF5 stores MATLAB's column-major dims reversed
+            t, payload = inner[0]
+        if t != miMATRIX:
+            continue
+        name, cls, arr = r.matrix(payload)
+        if names is not None and name not in names:
+            continue
+        if arr is None:
+            raise _unsupported(path, name, _CLASS_NAMES.get(cls, "complex" if cls == -1 else f"class {cls}"))
+        out[name] = arr
     return out
 
 
@@ -255,46 +323,26 @@ def read_mat(path: str, variable_names: Optional[Iterable[str]] = None) -> Dict[
     names = set(variable_names) if variable_names is not None else None
     if not os.path.exists(path):
         raise DataError(f"cannot read MAT file '{path}': the file does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 128:
-        raise DataError(f"'{path}' is not a MAT file (only {len(data)} bytes)")
-    marker = data[126:128]
-    if data[:8] == b"\x89HDF\r\n\x1a\n" or data[512:520] == b"\x89HDF\r\n\x1a\n":
-        return _read_v73(path, names)
-    if marker == b"IM":
-        endian = "<"
-    elif marker == b"MI":
-        endian = ">"
-    else:
-        if data.startswith(b"MATLAB 7.3"):
-            return _read_v73(path, names)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(520)
+    except OSError as e:
+        raise DataError(f"cannot read MAT file '{path}': {e}") from None
+    if len(head) < 128:
+        raise DataError(f"'{path}' is not a MAT file (only {len(head)} bytes)")
+    if _is_v73(head):
+        out = _read_v73(path, names)
+    elif head[126:128] not in (b"IM", b"MI"):
         raise DataError(f"'{path}' is not a Level-5 MAT file (no IM/MI marker; v4 files are not supported)")
-    version = struct.unpack_from(endian + "H", data, 124)[0]
-    if version == 0x0200:
-        return _read_v73(path, names)
-    r = _Reader(data, endian, f"MAT file '{path}'")
-    out: Dict[str, object] = {}
-    for t, payload in r.tags(data[128:]):
-        if t == miCOMPRESSED:
-            try:
-                payload = zlib.decompress(payload)
-            except zlib.error as e:
-                raise DataError(f"MAT file '{path}': corrupt compressed variable ({e})") from None
-            inner = list(r.tags(payload))
-            if not inner:
-                continue
-            t, payload = inner[0]
-        if t != miMATRIX:
-            continue
-        name, cls, arr = r.matrix(payload)
-        if names is not None and name not in names:
-            continue
-        if arr is None:
-            kind = _CLASS_NAMES.get(cls, "complex" if cls == -1 else f"class {cls}")
-            raise NotSupportedError(f"MAT file '{path}': variable {name!r} is a {kind} array; only "
-                                    f"real numeric, logical and char arrays are supported")
-        out[name] = arr
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            out = _read_level5(path, data, names)
+        except CaffeCompatError:
+            raise
+        except (ValueError, IndexError, TypeError, OverflowError, struct.error, MemoryError) as e:
+            raise DataError(f"MAT file '{path}': corrupt Level-5 file: {type(e).__name__}: {e}") from None
     if names is not None:
         missing = names - set(out)
         if missing:
@@ -319,4 +367,4 @@ def read_blob_mat(path: str, variable: str = "data") -> np.ndarray:
 
 
 __all__ = ["write_mat", "write_blob_mat", "blob_to_mat_array", "mat_bytes", "header",
-           "read_mat", "read_blob_mat"]
+           "read_mat", "read_blob_mat", "max_read_bytes"]
