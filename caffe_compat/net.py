@@ -104,21 +104,26 @@ class _ShapeMemo:
             pk = self._param_keys[id(layer)] = m.SerializeToString(deterministic=True)
         return (type(layer), pk, tuple(bottom_shapes), layer.ctx.phase, layer.ctx.dtype)
 
+    def shapes(self, layer, bottom_shapes: Sequence[Tuple[int, ...]]) -> Tuple[Tuple[int, ...], ...]:
+        """``layer``'s top shapes for these bottom shapes (meta tensors are made only on a miss)."""
+        if layer.same_shape_tops and bottom_shapes:
+            return (tuple(bottom_shapes[0]),) * len(layer.param.top)
+        key = self._key(layer, [tuple(s) for s in bottom_shapes])
+        shapes = self._memo.get(key) if key is not None else None
+        if shapes is None:
+            dtype = layer.ctx.dtype
+            tops = _meta_call(layer, [torch.empty(s, device="meta", dtype=dtype) for s in bottom_shapes])
+            shapes = tuple(tuple(t.shape) for t in tops)
+            if key is not None:
+                if len(self._memo) >= self.MAX_ENTRIES:
+                    self._memo.clear()
+                self._memo[key] = shapes
+        return shapes
+
     def tops(self, layer, bottoms: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """Meta tensors shaped like ``layer``'s tops for these (meta) bottoms."""
-        if layer.same_shape_tops and bottoms:
-            b = bottoms[0]   # torch.empty: empty_like on meta goes through a slow Python meta function
-            return tuple(torch.empty(b.shape, device="meta", dtype=b.dtype) for _ in layer.param.top)
-        key = self._key(layer, [tuple(b.shape) for b in bottoms])
-        shapes = self._memo.get(key) if key is not None else None
-        if shapes is not None:
-            return tuple(torch.empty(s, device="meta", dtype=layer.ctx.dtype) for s in shapes)
-        tops = tuple(_meta_call(layer, bottoms))
-        if key is not None:
-            if len(self._memo) >= self.MAX_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = tuple(tuple(t.shape) for t in tops)
-        return tops
+        return tuple(torch.empty(s, device="meta", dtype=layer.ctx.dtype)
+                     for s in self.shapes(layer, [tuple(b.shape) for b in bottoms]))
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -296,8 +301,7 @@ class Net(nn.Module):
             else:
                 try:
                     with torch.no_grad():
-                        outs = self._shape_memo.tops(layer, [torch.empty(s, device="meta", dtype=self.dtype)
-                                                             for s in bottom_shapes])
+                        outs = self._shape_memo.shapes(layer, bottom_shapes)
                 except CaffeCompatError as e:
                     raise type(e)(f"{src}: {e}") from None
                 except Exception as e:
@@ -310,7 +314,7 @@ class Net(nn.Module):
                     auto_count += 1
                     tops.append("(automatic)" if auto_count == 1 else f"(automatic)#{auto_count}")
                     auto_names.add(tops[-1])
-                top_shapes = [check_shape(o.shape, f"{where}: top '{t}'") for t, o in zip(tops, outs)]
+                top_shapes = [check_shape(o, f"{where}: top '{t}'") for t, o in zip(tops, outs)]
             for i, t in enumerate(tops):
                 in_place = i < len(lp.bottom) and lp.bottom[i] == t
                 if t in shapes and not in_place:
