@@ -133,7 +133,9 @@ class Reservation:
         self.budget = int(budget)
         self.total = 0
 
-    def reserve(self, n: int, what: str) -> None:
-        """Count ``n`` more bytes, or raise MemoryBudgetError naming ``what`` if they do not fit."""
-        check_fits(n, what, self.budget, self.total)
+    def reserve(self, n: int, what) -> None:
+        """Count ``n`` more bytes, or raise MemoryBudgetError naming ``what`` (a str, or a callable
+        returning one: built only on failure) if they do not fit."""
+        if self.total + n > self.budget:
+            check_fits(n, what() if callable(what) else what, self.budget, self.total)
         self.total += n

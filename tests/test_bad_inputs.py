@@ -367,3 +367,32 @@ def test_cli_internal_error_is_one_line(tmp_path, caplog, monkeypatch):
     caplog.clear()
     assert cli.main(["-v", "info", str(tmp_path / "x.prototxt")]) == 1
     assert [r for r in caplog.records if "internal error" in r.getMessage()][0].exc_info
+
+
+@pytest.mark.parametrize("prefix", ["a\\000b/", "z" * 300])
+def test_matwrite_odd_prefix(tmp_path, prefix):
+    text = CONV + ('layer { name: "mw" type: "MatWrite" bottom: "conv" mat_write_param { prefix: "%s/%s" } }'
+                   % (tmp_path, prefix))
+    net = _net(text)
+    with pytest.raises(CaffeCompatError, match=r"layer 'mw' \(MatWrite\)"):
+        net(data=torch.rand(1, 2, 4, 4))
+    assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_shape_inference_does_not_fire_forward_hooks():
+    net = _net()
+    calls = []
+    net.layers[0].register_forward_hook(lambda m, a, out: calls.append(out[0].device.type))
+    net(data=torch.rand(1, 2, 9, 9))   # a new input size: the memory check infers shapes first
+    net.infer_shapes(data=(1, 2, 5, 5))
+    assert calls == ["cpu"]
+
+
+def test_image_resize_to_absurd_size_is_refused(tmp_path):
+    from PIL import Image
+    from caffe_compat.pipeline.images import read_image
+    path = tmp_path / "im.png"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(path)
+    with pytest.raises(MemoryBudgetError, match=r"im.png': resizing to 70000x70000"):
+        read_image(str(path), True, 70000, 70000)
+    assert read_image(str(path), True, 8, 10).shape == (8, 10, 3)

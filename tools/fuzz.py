@@ -18,6 +18,9 @@ Families (seeded mutations of valid files / calls):
 * ``mat``        ``.mat`` reading: Level-5 byte damage, v7.3 (HDF5) links and huge declared datasets.
 * ``writers``    every writer with odd paths (NUL, over-long, missing folder, a directory) and odd
                  layer names; a failed write must leave no file behind.
+* ``images``     image / label PNG reading (data layers, pipeline): damaged PNG / JPEG bytes, headers
+                 declaring absurd sizes, odd modes, resizing to odd sizes.
+* ``lists``      the data layers' and pipeline's list files: damaged lines, odd bytes and encodings.
 
 Cases run in child processes (many cases per child: importing torch dominates), under an
 address-space limit (``resource.setrlimit(RLIMIT_AS)``) and a per-case wall-clock watchdog.
@@ -492,6 +495,65 @@ def case_mat(rng, work):
     return lambda: matio.read_blob_mat(str(path)) if blob else matio.read_mat(str(path))
 
 
+def case_images(rng, work):
+    import numpy as np
+    from PIL import Image
+    from caffe_compat.pipeline import images, palette
+    arr = np.random.default_rng(rng.randrange(1000)).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    mode, fmt = rng.choice([("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("RGB", "JPEG"),
+                            ("RGBA", "PNG"), ("1", "PNG")])
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype("<u2") * 257)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    path = Path(work) / f"im.{fmt.lower()}"
+    data = buf.getvalue()
+    if rng.random() < 0.3:   # a header declaring an absurd size
+        import struct
+        if fmt == "PNG":
+            data = data[:16] + struct.pack(">II", rng.choice([0, 1, 65535, 2 ** 31 - 1]), rng.choice([0, 70000])) + data[24:]
+        else:
+            i = data.find(b"\xff\xc0")
+            if i > 0:
+                data = data[:i + 5] + struct.pack(">HH", 65500, 65500) + data[i + 9:]
+    else:
+        data = mutate_bytes(rng, data)
+    path.write_bytes(data)
+    op = rng.randrange(4)
+    size = rng.choice([(0, 0), (3, 4), (1, 100000), (70000, 70000)])
+
+    def act():
+        if op == 0:
+            images.read_image(str(path), rng.random() < 0.5, *size)
+        elif op == 1:
+            palette.read_label_png(str(path))
+        elif op == 2:
+            images.image_size(str(path))
+        else:
+            images.read_image(str(path), True)
+    return act
+
+
+def case_lists(rng, work):
+    from caffe_compat.pipeline import lists
+    base = rng.choice(["a.jpg a.png\nb.jpg b.png\n", "a.jpg 3\nb.jpg 12\n", "2008_000001\n2008_000002\n",
+                       "x/y.jpg x/y_l.png\n\n  z.jpg z.png  \n"])
+    text = mutate_text(rng, base) if rng.random() < 0.7 else mutate_bytes(rng, base.encode()).decode("latin-1")
+    path = Path(work) / "list.txt"
+    path.write_bytes(text.encode("utf-8", "surrogatepass") if rng.random() < 0.8 else text.encode("latin-1", "replace"))
+    op = rng.randrange(4)
+
+    def act():
+        if op == 0:
+            lists.read_seg_list(str(path), rng.random() < 0.5, rng.random() < 0.5)
+        elif op == 1:
+            lists.read_image_label_list(str(path))
+        elif op == 2:
+            lists.read_pair_list(str(path))
+        else:
+            lists.read_id_list(str(path), rng.choice([0, 1, 4, 100]))
+    return act
+
+
 def _odd_path(rng, folder: Path) -> str:
     return rng.choice([
         str(folder / "a\x00b"), str(folder / ("x" * rng.choice([255, 256, 300, 5000]))), str(folder / "missing" / "f"),
@@ -552,7 +614,7 @@ def _abort():
 
 def _hang():
     import ctypes
-    ctypes.CDLL(None).sleep(60)   # in C: SIGALRM's Python handler cannot interrupt it
+    ctypes.CDLL(None).sleep(3600)   # in C, using no CPU: only the parent's watchdog ends it
 
 
 #: ``selftest`` (not a fuzz family): by seed % 4 the case succeeds, raises a raw error, aborts the
@@ -563,6 +625,7 @@ _SELFTEST_ACTS = [lambda: None, lambda: {}["raw"], _abort, _hang]
 FAMILIES = {
     "prototxt": case_prototxt, "caffemodel": case_caffemodel, "hdf5": case_hdf5, "checkpoint": case_checkpoint,
     "pt2": case_pt2, "forward": case_forward, "mat": case_mat, "writers": case_writers,
+    "images": case_images, "lists": case_lists,
 }
 
 
@@ -578,6 +641,7 @@ def run_case(family: str, seed: int, root: str):
     logging.disable(logging.CRITICAL)
     rng = random.Random(f"{family}:{seed}")
     work = tempfile.mkdtemp(dir=root)
+    os.chdir(work)   # relative paths (an empty file name, say) stay inside the case's folder
     try:
         act = _SELFTEST_ACTS[seed % 4] if family == "selftest" else FAMILIES[family](rng, work)
     except Exception as e:  # noqa: BLE001 - the fuzzer's own setup failed: not a finding
@@ -596,6 +660,7 @@ def run_case(family: str, seed: int, root: str):
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return "raw", f"{type(e).__name__}: {first}"
     finally:
+        os.chdir(root)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -613,20 +678,21 @@ def child_main(case_file: str, start: int, mem_gib: float, case_timeout: float) 
     os.environ.pop("CAFFE_COMPAT_MAX_BYTES", None)   # the default budget must see the rlimit
 
     def on_alarm(signum, frame):
-        raise TimeoutError(f"case ran over {case_timeout} s")
-    signal.signal(signal.SIGALRM, on_alarm)
+        raise TimeoutError(f"case ran over {case_timeout} s of CPU time")
+    # CPU time, not wall time: a child starved by a loaded machine (or `nice`) is not timed out.
+    signal.signal(signal.SIGPROF, on_alarm)
     cases = json.loads(Path(case_file).read_text())
     root = tempfile.mkdtemp(prefix="fuzz-")
     try:
         for i in range(start, len(cases)):
             family, seed = cases[i]
             print(f"S {i}", flush=True)
-            signal.setitimer(signal.ITIMER_REAL, case_timeout)
+            signal.setitimer(signal.ITIMER_PROF, case_timeout)
             try:
                 outcome, detail = run_case(family, seed, root)
             except TimeoutError as e:
                 outcome, detail = "timeout", str(e)
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
             if outcome == "raw" and detail.startswith("TimeoutError: case ran over"):
                 outcome = "timeout"
             print(f"D {i} {outcome} {json.dumps(detail)}", flush=True)
@@ -636,8 +702,16 @@ def child_main(case_file: str, start: int, mem_gib: float, case_timeout: float) 
 
 # ---------------------------------------------------------------------------------------- parent
 def run_cases(cases, *, batch: int = 200, case_timeout: float = 10.0, mem_gib: float = 4.0,
-              startup_timeout: float = 120.0, nice: int = 0, progress=None):
-    """Run ``[(family, seed)]`` in child processes; returns ``[(family, seed, outcome, detail)]``."""
+              hang_timeout: float = None, startup_timeout: float = 900.0, nice: int = 0, progress=None):
+    """Run ``[(family, seed)]`` in child processes; returns ``[(family, seed, outcome, detail)]``.
+
+    ``case_timeout``: CPU seconds a case may use (the child interrupts it); ``hang_timeout``:
+    wall-clock seconds without an answer after which the parent kills the child and records a
+    ``timeout`` for the running case (default ``max(120, 10 * case_timeout)``: generous, since a
+    loaded machine slows children down); ``startup_timeout``: for a child to import everything.
+    """
+    if hang_timeout is None:
+        hang_timeout = max(120.0, 10 * case_timeout)
     results = [None] * len(cases)
     with tempfile.TemporaryDirectory(prefix="fuzz-cases-") as tmp:
         pos = 0
@@ -647,13 +721,14 @@ def run_cases(cases, *, batch: int = 200, case_timeout: float = 10.0, mem_gib: f
             case_file.write_text(json.dumps(chunk))
             start = 0
             while start < len(chunk):
-                start = _run_child(chunk, case_file, start, results, pos, case_timeout, mem_gib,
+                start = _run_child(chunk, case_file, start, results, pos, case_timeout, hang_timeout, mem_gib,
                                    startup_timeout, nice, progress)
             pos += len(chunk)
     return results
 
 
-def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, startup_timeout, nice, progress):
+def _run_child(chunk, case_file, start, results, offset, case_timeout, hang_timeout, mem_gib, startup_timeout,
+               nice, progress):
     """One child from case ``start``; returns the index to restart from (``len(chunk)`` when done)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(case_file), str(start),
            str(mem_gib), str(case_timeout)]
@@ -669,7 +744,8 @@ def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, 
                 proc.wait()
                 if current is None:
                     raise RuntimeError("fuzz child did not start in time")
-                _record(results, offset, chunk, current, "timeout", f"no answer in {case_timeout + 5:.0f} s", progress)
+                _record(results, offset, chunk, current, "timeout", f"no answer in {hang_timeout:.0f} s (wall)",
+                        progress)
                 return current + 1
             ready, _, _ = select.select([proc.stdout], [], [], left)
             if not ready:
@@ -689,12 +765,12 @@ def _run_child(chunk, case_file, start, results, offset, case_timeout, mem_gib, 
                 parts = line.decode("utf-8", "replace").split(" ", 3)
                 if parts[0] == "S":
                     current = int(parts[1])
-                    deadline = time.monotonic() + case_timeout + 5
+                    deadline = time.monotonic() + hang_timeout
                 elif parts[0] == "D":
                     i = int(parts[1])
                     _record(results, offset, chunk, i, parts[2], json.loads(parts[3]), progress)
                     current = None
-                    deadline = time.monotonic() + case_timeout + 5
+                    deadline = time.monotonic() + hang_timeout
                     if i == len(chunk) - 1:
                         proc.wait()
                         return len(chunk)
@@ -739,7 +815,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=200, help="cases per child process")
     ap.add_argument("--jobs", type=int, default=1, help="child processes at once")
-    ap.add_argument("--case-timeout", type=float, default=10.0)
+    ap.add_argument("--case-timeout", type=float, default=10.0, help="CPU seconds per case")
+    ap.add_argument("--hang-timeout", type=float, default=None, help="wall seconds without an answer")
     ap.add_argument("--mem-gib", type=float, default=4.0, help="address space a child may add after imports")
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--json", help="write every result to this file")
@@ -761,13 +838,14 @@ def main(argv=None) -> int:
             tqdm.write(f"{r[2]}: {r[0]} seed {r[1]}: {r[3]}")
     if args.jobs <= 1:
         results = run_cases(cases, batch=args.batch, case_timeout=args.case_timeout, mem_gib=args.mem_gib,
-                            nice=args.nice, progress=progress)
+                            hang_timeout=args.hang_timeout, nice=args.nice, progress=progress)
     else:
         from concurrent.futures import ThreadPoolExecutor
         parts = [cases[j::args.jobs] for j in range(args.jobs)]
         with ThreadPoolExecutor(args.jobs) as pool:
             futs = [pool.submit(run_cases, p, batch=args.batch, case_timeout=args.case_timeout,
-                                mem_gib=args.mem_gib, nice=args.nice, progress=progress) for p in parts]
+                                hang_timeout=args.hang_timeout, mem_gib=args.mem_gib, nice=args.nice,
+                                progress=progress) for p in parts]
             results = [r for f in futs for r in f.result()]
     bar.close()
     elapsed = time.time() - t0

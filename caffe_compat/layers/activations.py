@@ -63,6 +63,7 @@ class NeuronLayer(Layer):
 
     num_bottoms = (1, 1)
     num_tops = (1, 1)
+    same_shape_tops = True
 
 
 @register_layer("ReLU")

@@ -115,6 +115,9 @@ class Layer(nn.Module):
         exportable: the layer can be part of a ``torch.export`` program; false for
             layers that write files or keep state across forwards (see
             :meth:`export_refusal`, which also refuses bottomless layers).
+        same_shape_tops: every top has the shape (and dtype) of bottom 0, whatever the
+            parameters: shape inference takes it without running the layer on meta
+            tensors (which costs up to milliseconds per call for element-wise ops).
     """
 
     type_name: ClassVar[str] = ""
@@ -124,13 +127,14 @@ class Layer(nn.Module):
     is_loss: ClassVar[bool] = False
     feeds_net_inputs: ClassVar[bool] = False
     exportable: ClassVar[bool] = True
+    same_shape_tops: ClassVar[bool] = False
 
     def __init__(self, param, bottom_shapes: Sequence[Sequence[int]], ctx: BuildContext):
         super().__init__()
-        self.name: str = param.name
-        self.param = param
-        self.ctx = ctx
-        self.bottom_shapes = [tuple(int(d) for d in s) for s in bottom_shapes]
+        # plain attributes straight into __dict__: nn.Module.__setattr__ costs ~5 us each, which
+        # adds up in nets of thousands of layers
+        self.__dict__.update(name=param.name, param=param, ctx=ctx,
+                             bottom_shapes=[tuple(int(d) for d in s) for s in bottom_shapes])
         self.blobs = nn.ParameterList()
         self._check_counts(len(bottom_shapes), "bottom", self.num_bottoms)
         n_tops = len(param.top)
@@ -167,8 +171,8 @@ class Layer(nn.Module):
             return shared
         if self.ctx.memory is not None and self.ctx.device.type != "meta":
             self.ctx.memory.reserve(math.prod(shape) * self.ctx.dtype.itemsize,
-                                    f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
-                                    f"{len(self.blobs)} of shape {list(shape)}")
+                                    lambda: f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
+                                            f"{len(self.blobs)} of shape {list(shape)}")
         data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
         if data.device.type != "meta":
             # Fill on the CPU with the net's CPU generator, then move: the same seeded

@@ -204,6 +204,11 @@ def read_image(path: str, is_color: bool = True, new_height: int = 0, new_width:
     if arr.size == 0:
         raise DataError(f"cannot read {what} '{path}': the image is empty ({arr.shape[1]}x{arr.shape[0]})")
     if new_height > 0 and new_width > 0:
+        from .. import memory
+        channels = arr.shape[2] if arr.ndim == 3 else 1
+        # the resize works in int64 (two passes): refuse a target that cannot fit, before allocating
+        memory.check_fits(2 * memory.nbytes((new_height, new_width, channels), 8),
+                          f"{what} '{path}': resizing to {new_width}x{new_height}", memory.resolve_budget())
         arr = resize_linear(arr, new_width, new_height)
     return np.ascontiguousarray(arr)
 
