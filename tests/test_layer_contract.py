@@ -63,8 +63,11 @@ def test_forward_and_shapes_share_one_layer_loop(monkeypatch):
     monkeypatch.setattr(Net, "run_layers", counting)
     net = Net.from_string(NET)
     net(data=torch.zeros(1, 2, 4, 4))
+    # the forward's own pass (the memory budget may add a shape pass before it)
+    assert any("device" in kw and "call" not in kw for kw in calls)
+    del calls[:]
     assert net.infer_shapes(data=(1, 2, 6, 6))["conv"] == (1, 3, 4, 4)
-    assert len(calls) == 2
+    assert len(calls) == 1 and "call" in calls[0]
 
 
 def _imports(path: Path):
