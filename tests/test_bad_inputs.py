@@ -396,3 +396,16 @@ def test_image_resize_to_absurd_size_is_refused(tmp_path):
     with pytest.raises(MemoryBudgetError, match=r"im.png': resizing to 70000x70000"):
         read_image(str(path), True, 70000, 70000)
     assert read_image(str(path), True, 8, 10).shape == (8, 10, 3)
+
+
+def test_png_with_truncated_header_chunk(tmp_path):
+    import struct
+    import zlib
+    from caffe_compat.pipeline.images import image_size
+    # an IHDR chunk declaring 5 bytes instead of 13 (Pillow: ValueError "Truncated IHDR chunk")
+    body = b"IHDR" + b"\x00" * 5
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 5) + body + struct.pack(">I", zlib.crc32(body))
+    path = tmp_path / "cut.png"
+    path.write_bytes(png)
+    with pytest.raises(DataError, match="cut.png"):
+        image_size(str(path))

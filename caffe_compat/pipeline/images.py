@@ -85,7 +85,7 @@ def _open(path: str, what: str):
                         f"(unknown format or corrupt header)") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read {what} '{path}': {e}") from None
-    except OSError as e:
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow: ValueError("Truncated IHDR chunk") etc.
         raise DataError(f"cannot read {what} '{path}': {e}") from None
 
 
