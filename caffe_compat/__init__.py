@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 
 from .errors import (CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError,
-                     PrototxtError, ShapeError, TemplateError, UnknownLayerError, WeightsError)
+                     PrototxtError, ShapeError, SolverError, TemplateError, UnknownLayerError, WeightsError)
 from .layers import REGISTRY, BuildContext, Layer, register_layer
 from .net import Net
+from .solver import Solver, param_groups
 
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "Net", "Layer", "BuildContext", "register_layer", "REGISTRY",
+    "Net", "Solver", "param_groups", "Layer", "BuildContext", "register_layer", "REGISTRY",
     "CaffeCompatError", "DataError", "LayerConfigError", "NetError", "NotSupportedError",
-    "PrototxtError", "ShapeError", "TemplateError", "UnknownLayerError", "WeightsError",
+    "PrototxtError", "ShapeError", "SolverError", "TemplateError", "UnknownLayerError", "WeightsError",
 ]

@@ -50,3 +50,7 @@ class NotSupportedError(CaffeCompatError):
 def layer_error(layer_name: str, layer_type: str, message: str, cls=LayerConfigError) -> CaffeCompatError:
     """Build an error that names the layer: ``layer 'conv1' (Convolution): message``."""
     return cls(f"layer '{layer_name}' ({layer_type}): {message}")
+
+
+class SolverError(CaffeCompatError):
+    """A solver file or a solver state is invalid or does not fit the net (names the file and field)."""

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 _PHASES = ("TRAIN", "TEST")
+
+
+class LearnableParam(NamedTuple):
+    """One entry of :meth:`Net.learnable_params` (Caffe's ``learnable_params_``)."""
+
+    key: str                #: ``"<layer>/<blob index>"`` of the owner
+    layer: str              #: owner layer name
+    index: int              #: blob index in that layer
+    param: nn.Parameter
+    lr_mult: float          #: effective multipliers after Caffe's sharing rule
+    decay_mult: float
 
 
 def _meta_call(layer: nn.Module, bottoms: Sequence[torch.Tensor]):
@@ -444,6 +455,51 @@ class Net(nn.Module):
                                    f"run forward() again first") from None
                 raise
         return OrderedDict((k, x.grad if x.requires_grad else None) for k, x in self._input_leaves.items())
+
+    # ------------------------------------------------------------------ training support
+    def learnable_params(self) -> List[LearnableParam]:
+        """Every owned learnable blob, in Caffe's order (layer order, then blob order).
+
+        Blobs shared by ``param { name }`` appear once, under their owner, with
+        the owner's effective ``lr_mult``/``decay_mult``; ``lr_mult: 0`` blobs are
+        included (Caffe keeps a solver history for them too).  This is the order
+        of a ``.solverstate``'s history.
+        """
+        out = []
+        for i, (lname, layer) in enumerate(zip(self.layer_names, self.layers)):
+            for j, rec in enumerate(self.param_specs[i]):
+                if rec["owner"] is None:
+                    out.append(LearnableParam(f"{lname}/{j}", lname, j, layer.blobs[j],
+                                              float(rec["lr_mult"]), float(rec["decay_mult"])))
+        return out
+
+    def share_trained_layers_with(self, other: "Net") -> None:
+        """Make this net's blobs alias ``other``'s, by layer name (Caffe's ``ShareTrainedLayersWith``).
+
+        A TEST net then always sees the train net's current weights (in-place
+        updates of ``other`` are visible here).  Layers ``other`` lacks keep their
+        own blobs; blob counts and shapes must match.
+        """
+        source = {}
+        for name, layer in zip(other.layer_names, other.layers):
+            source.setdefault(name, layer)
+        for name, typ, layer in zip(self.layer_names, self.layer_types, self.layers):
+            src = source.get(name)
+            if src is None or not len(layer.blobs):
+                continue
+            if len(src.blobs) != len(layer.blobs):
+                raise NetError(f"{self.source}: layer '{name}' ({typ}) has {len(layer.blobs)} blobs, "
+                               f"the layer of that name in {other.source} has {len(src.blobs)}")
+            for j, (mine, theirs) in enumerate(zip(layer.blobs, src.blobs)):
+                if tuple(mine.shape) != tuple(theirs.shape):
+                    raise ShapeError(f"{self.source}: layer '{name}' blob {j} has shape {list(mine.shape)}, "
+                                     f"in {other.source} {list(theirs.shape)}")
+                mine.data = theirs.data
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The net's seeded CPU generator (fillers, Dropout masks, data shuffling and crops)."""
+        return self._ctx.generator
 
     # ------------------------------------------------------------------ shapes
     def infer_shapes(self, **input_shapes) -> "OrderedDict[str, Tuple[int, ...]]":

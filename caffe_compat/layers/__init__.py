@@ -11,7 +11,7 @@ from .base import REGISTRY, BuildContext, Layer, get_layer_class, register_layer
 #: Modules holding the built-in layer families (imported on first lookup).
 BUILTIN_FAMILIES = (
     "conv", "pooling", "activations", "normalization", "elementwise", "shape_ops",
-    "losses", "interp", "data", "segaware", "crf",
+    "losses", "interp", "data", "segaware", "crf", "hdf5_data",
 )
 
 _loaded = False
