@@ -67,7 +67,7 @@ def test_cupy_backend_launch_and_cache(monkeypatch):
     # compiled once per (device, dtype), each module holding that dtype's kernels only
     assert len(fake.compiled) == 2
     f32, f64 = fake.compiled[0][0], fake.compiled[1][0]
-    assert "#define scalar_t float" in f32 and "#define scalar_t double" not in f32
-    assert "#define scalar_t double" in f64 and "#define scalar_t float" not in f64
+    assert "\n#define scalar_t float\n" in f32 and "\n#define scalar_t double\n" not in f32
+    assert "\n#define scalar_t double\n" in f64 and "\n#define scalar_t float\n" not in f64
     # launched on torch's current stream
     assert fake.streams == [1234] * 3 and backend.launches == {"window_dist_fwd": 3}
