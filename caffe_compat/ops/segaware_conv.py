@@ -314,3 +314,7 @@ def segaware_conv2d_unfold(x: torch.Tensor, mask: torch.Tensor, weight: torch.Te
                                       stride=window.stride).view(N, C, K, ho * wo)
     hit = (cols * mask.reshape(N, 1, K, ho * wo)).reshape(N, C * K, ho, wo)
     return torch.nn.functional.conv2d(hit, weight.reshape(O, -1, 1, 1), bias, groups=int(groups))
+
+
+# [cuda dispatch] registers the "cuda" implementation (the CUDA kernels) of this op
+from . import segaware_conv_cuda  # noqa: E402,F401
