@@ -15,7 +15,8 @@ Steps (each prints a line; the exit status is non-zero if any check failed):
    layers);
 3. a timing table: each custom operation at the configs' sizes, torch path on CUDA vs the
    kernels, and a cuDNN ``conv2d`` of the same shape as the masked (segmentation-aware)
-   convolution; ``tools/bench.py --impl cuda`` too when that script exists;
+   convolution (standalone: tools/bench.py, written in parallel, had no ``cuda`` implementation
+   to hook into when this was written);
 4. the full-size res deploy forward at 513x513 (seeded weights), kernels vs torch path.
 
 ``--smoke`` runs steps 3 and 4 at toy sizes on the CPU through the kernel emulator (no GPU):
@@ -135,10 +136,6 @@ def timing_table(device, smoke: bool, repeat: int) -> None:
         t_ref = _time(ref, device, repeat) if ref is not None else None
         ref_s = f"{t_ref:.2f} | {t_kern / t_ref:.2f}x" if t_ref else "- | -"
         print(f"| {name} | {t_torch:.2f} | {t_kern:.2f} | {t_torch / t_kern:.2f}x | {ref_s} |")
-    bench = REPO / "tools" / "bench.py"
-    if bench.exists() and not smoke:
-        print("\n## tools/bench.py --impl cuda\n")
-        subprocess.run([sys.executable, str(bench), "--impl", "cuda"], cwd=REPO, timeout=180, check=False)
 
 
 def res_deploy(device, reference: Path, smoke: bool, repeat: int) -> None:
