@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fusion as _fusion
 from . import prototxt as _pt
 from . import schema
 from .errors import CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError, ShapeError
@@ -70,6 +71,10 @@ class Net(nn.Module):
             are given).
         device: where parameters live; ``"meta"`` builds a shape-only net.
         dtype: float32 (Caffe's) or float64.
+        fuse: run the fork's Im2col -> Tile -> Eltwise PROD -> Convolution(bottom_is_im2col)
+            chains as one fused segmentation-aware convolution (default; see
+            :mod:`caffe_compat.fusion`).  ``fuse=False`` runs every layer as written and
+            keeps every blob in :attr:`blobs` (pycaffe's semantics).
 
     Attributes (pycaffe names):
         blobs: ordered ``name -> tensor`` of every blob of the last forward.
@@ -82,7 +87,7 @@ class Net(nn.Module):
                  phase: str = "TEST", defines: Optional[Mapping[str, object]] = None, *,
                  level: int = 0, stages: Sequence[str] = (), seed: Optional[int] = None,
                  device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
-                 net_param=None, source: Optional[str] = None):
+                 net_param=None, source: Optional[str] = None, fuse: bool = True):
         super().__init__()
         if (prototxt is None) == (net_param is None):
             raise NetError("Net() needs exactly one of a prototxt path or net_param")
@@ -111,6 +116,8 @@ class Net(nn.Module):
         self._ctx = BuildContext(phase=phase, generator=gen, device=torch.device(device), dtype=dtype,
                                  source=self.source)
         self._build()
+        self.fuse = bool(fuse)
+        self.fusion_plan = _fusion.plan_fusion(self) if self.fuse else _fusion.FusionPlan()
         if weights is not None:
             self.load_weights(weights)
 
@@ -384,7 +391,7 @@ class Net(nn.Module):
             if want_input_grad and not x.requires_grad:
                 x = x.detach().requires_grad_(True)
             blobs[k] = self._input_leaves[k] = x
-        for i, (layer, bnames, tnames) in enumerate(zip(self.layers, self.bottom_names, self.top_names)):
+        for i, layer, bnames, tnames in _fusion.schedule(self):  # the layers, or their fused replacements
             if i in self._input_layers:
                 continue
             tops = layer(*[blobs[b] for b in bnames])
@@ -397,7 +404,7 @@ class Net(nn.Module):
                 if not bnames and v.device != device:
                     v = v.to(device)
                 blobs[t] = v
-        self.blobs = blobs
+        self.blobs = _fusion.FusedBlobs(blobs, hidden=self.fusion_plan.hidden, source=self.source)
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
         for t, w in self.loss_weights.items():
