@@ -9,10 +9,11 @@ Run from the repository root on a machine with a CUDA GPU, torch's CUDA build an
 Steps (each prints a line; the exit status is non-zero if any check failed):
 
 1. environment: device, torch/cupy versions, kernel compile time (NVRTC, both dtypes);
-2. every kernel against the torch path, and the golden layer cases, on CUDA: the CUDA tests
-   (tests/test_cuda_*.py) with ``CAFFE_COMPAT_KERNELS=cuda`` (the kernel side of every comparison
-   runs on the GPU; in that mode the golden test covers every layer case, not only the kernel
-   layers);
+2. every kernel against the torch path, and the goldens, on CUDA: the CUDA tests
+   (tests/test_cuda_emulated.py, test_cuda_segaware_conv.py, test_cuda_golden_emulated.py) with
+   ``CAFFE_COMPAT_KERNELS=cuda`` (the kernel side of every comparison runs on the GPU; in that
+   mode the golden test covers every layer case, not only the kernel layers, and the reduced
+   embs, vgg and res nets);
 3. a timing table: each custom operation at the configs' sizes, torch path on CUDA vs the
    kernels, and a cuDNN ``conv2d`` of the same shape as the masked (segmentation-aware)
    convolution (standalone: tools/bench.py, written in parallel, had no ``cuda`` implementation
@@ -194,7 +195,8 @@ def main(argv=None) -> int:
         if not args.skip_tests:
             env = dict(os.environ, CAFFE_COMPAT_KERNELS="cuda")
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                                   "tests/test_cuda_emulated.py", "tests/test_cuda_golden_emulated.py"],
+                                   "tests/test_cuda_emulated.py", "tests/test_cuda_segaware_conv.py",
+                                   "tests/test_cuda_golden_emulated.py"],
                                   cwd=REPO, env=env, timeout=300)
             print(f"CUDA tests (kernels vs torch path, golden layer cases): "
                   f"{'passed' if proc.returncode == 0 else 'FAILED'}")
