@@ -299,6 +299,9 @@ def segaware_conv2d(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, b
     ho, wo = check_segaware_conv_args(x, mask, weight, bias, window, groups)
     if x.is_meta or mask.is_meta or weight.is_meta:
         return x.new_empty((x.shape[0], weight.shape[0], ho, wo), device="meta")
+    from .library import segaware_conv2d_op, tracing
+    if tracing(x, mask, weight, bias):  # torch.compile / torch.export: the torch.library op
+        return segaware_conv2d_op(x, mask, weight, bias, window, groups)
     return SegAwareConv2dFunction.apply(x, mask, weight, bias, window, groups)
 
 
