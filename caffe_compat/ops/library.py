@@ -244,7 +244,7 @@ def _masked_window_sum_backward(img: torch.Tensor, A: torch.Tensor, weight: Opti
     ctx.saved_tensors = (img, A, weight if weight is not None else img.new_zeros(()))
     ctx.needs_input_grad = (True, True, weight is not None)
     with torch.no_grad():  # the undecorated body of MaskedWindowSum.backward (once_differentiable's __wrapped__)
-        dimg, dA, dW = _nc.MaskedWindowSum.backward.__wrapped__(ctx, gy)
+        dimg, dA, dW = _nc.MaskedWindowSum.backward.__wrapped__(ctx, gy)[:3]
     return dimg, dA, (img.new_zeros(()) if dW is None else dW)
 
 
