@@ -249,6 +249,7 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             log.error("%s / %s failed:\n%s", case, impl, r.stderr[-2000:])
             continue
+        log.info("%s / %s: %s", case, impl, r.stdout.strip())  # partial results as they come
         for mode, v in json.loads(r.stdout).items():
             results.setdefault(f"{case}_{mode}", {})[impl] = {"ms": round(v["ms"], 2),
                                                               "peak_mb": round(v["peak_mb"], 1)}
