@@ -33,9 +33,9 @@ output **row tiles**.  For each image ``n`` and each tile of ``T`` output rows
    one GEMM per group (the same GEMM Caffe runs, on a cache-sized slab).
 
 ``T`` is chosen so that ``cols`` holds at most :data:`TILE_ELEMENTS` elements and
-at most one image's output (at least one row), so the extra peak memory stays
-within about one output (forward: ``cols``; backward: ``cols`` and ``G``, each one
-tile).  Backward (recomputing ``band`` and
+at most half of one image's output (at least one row), so the extra peak memory
+stays within one output (forward: ``cols``; backward: ``cols`` and ``G``, each one
+tile; plus the ``band`` buffers, about ``1/K`` of that).  Backward (recomputing ``band`` and
 ``cols`` per tile, never storing them)::
 
     dW2  += gy_t @ cols^T                       (O, C/g*K) per group
@@ -90,7 +90,9 @@ def _tile_rows(c_k: int, ho: int, wo: int, out_per_image: int) -> int:
     per_row = max(1, c_k * wo)
     # measured (1 thread, 64->64 3x3 at 161^2): 2-row tiles 1.7x slower than 16-32-row tiles; one
     # whole-image tile is slower again (the slab falls out of cache)
-    budget = min(TILE_ELEMENTS, max(per_row, out_per_image))
+    # half an output per tile: the backward holds two tile buffers (cols and G), so its extra
+    # peak stays within one output
+    budget = min(TILE_ELEMENTS, max(per_row, out_per_image // 2))
     return max(1, min(ho, budget // per_row))
 
 
