@@ -141,4 +141,7 @@ def im2dist(x: torch.Tensor, geometry, norm="L2", remove_center: bool = False,
     n, e, h, w, ho, wo = _check_input(x, geometry)
     if x.is_meta:
         return x.new_empty((n, geometry.taps, ho, wo))
+    from .library import im2dist_op, tracing
+    if tracing(x):  # torch.compile / torch.export: the torch.library op
+        return im2dist_op(x, geometry, norm, remove_center, remove_bounds)
     return Im2distFunction.apply(x, geometry, norm, bool(remove_center), bool(remove_bounds))

@@ -159,6 +159,9 @@ def normconv_mask(emb: torch.Tensor, scale: Optional[torch.Tensor], geom, norm: 
     Ho, Wo = geom.output_size(H, W)
     if emb.is_meta or (scale is not None and scale.is_meta):
         return emb.new_empty((N, geom.taps, max(Ho, 0), max(Wo, 0)), device="meta")
+    from .library import normconv_mask_op, tracing
+    if tracing(emb, scale):  # torch.compile / torch.export: the torch.library op
+        return normconv_mask_op(emb, scale, geom, int(norm), remove_center, remove_bounds)
     return NormConvMask.apply(emb, scale, geom, int(norm), bool(remove_center), bool(remove_bounds))
 
 
@@ -271,6 +274,9 @@ def masked_window_sum(img: torch.Tensor, A: torch.Tensor, geom, weight: Optional
     O = C if weight is None else weight.shape[0]
     if img.is_meta or A.is_meta or (weight is not None and weight.is_meta):
         return img.new_empty((N, O, max(Ho, 0), max(Wo, 0)), device="meta")
+    from .library import masked_window_sum_op, tracing
+    if tracing(img, A, weight):  # torch.compile / torch.export: the torch.library op
+        return masked_window_sum_op(img, A, geom, weight, int(group))
     return MaskedWindowSum.apply(img, A, weight, geom, int(group))
 
 
