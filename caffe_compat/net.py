@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as _ckpt
+from . import fusion as _fusion
 from . import prototxt as _pt
 from . import schema
 from . import memory as _mem
@@ -170,6 +171,10 @@ class Net(nn.Module):
             refuses learnable blobs and ``forward`` refuses inputs whose blobs (from
             :meth:`infer_shapes`) would exceed it, before allocating; default: the
             ``CAFFE_COMPAT_MAX_BYTES`` environment variable, else the memory available.
+        fuse: run the fork's Im2col -> Tile -> Eltwise PROD -> Convolution(bottom_is_im2col)
+            chains as one fused segmentation-aware convolution (default; see
+            :mod:`caffe_compat.fusion`).  ``fuse=False`` runs every layer as written and
+            keeps every blob in :attr:`blobs` (pycaffe's semantics).
 
     Attributes (pycaffe names):
         blobs: ordered ``name -> tensor`` of every blob of the last forward.
@@ -182,7 +187,8 @@ class Net(nn.Module):
                  phase: str = "TEST", defines: Optional[Mapping[str, object]] = None, *,
                  level: int = 0, stages: Sequence[str] = (), seed: Optional[int] = None,
                  device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
-                 net_param=None, source: Optional[str] = None, max_bytes: Optional[Union[int, str]] = None):
+                 net_param=None, source: Optional[str] = None, max_bytes: Optional[Union[int, str]] = None,
+                 fuse: bool = True):
         super().__init__()
         self.max_bytes = max_bytes
         budget = _mem.resolve_budget(max_bytes)  # validates max_bytes / the environment variable
@@ -221,6 +227,8 @@ class Net(nn.Module):
         finally:
             if gc_was_enabled:
                 gc.enable()
+        self.fuse = bool(fuse)
+        self.fusion_plan = _fusion.plan_fusion(self) if self.fuse else _fusion.FusionPlan()
         if weights is not None:
             self.load_weights(weights)
 
@@ -532,8 +540,8 @@ class Net(nn.Module):
             blobs[k] = self._input_leaves[k] = x
         if not torch.compiler.is_compiling():
             self._check_forward_memory(blobs)
-        self.run_layers(blobs, device=device, failing="forward")
-        self.blobs = blobs
+        self.run_layers(blobs, device=device, failing="forward", schedule=_fusion.schedule(self))
+        self.blobs = _fusion.FusedBlobs(blobs, hidden=self.fusion_plan.hidden, source=self.source)
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
         for t, w in self.loss_weights.items():

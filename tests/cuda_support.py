@@ -17,6 +17,7 @@ import torch
 
 from caffe_compat import cuda
 from caffe_compat._cuda_emu import EmulatorBackend, compiler_available
+from caffe_compat.ops.segaware_conv_cuda import emulated_registration
 
 NVCC = shutil.which("nvcc")
 ON_GPU = os.environ.get("CAFFE_COMPAT_KERNELS") == "cuda"
@@ -48,7 +49,7 @@ def on_kernels():
     if ON_GPU:
         yield torch.device("cuda")
     else:
-        with cuda.emulate_on_cpu(backend):
+        with cuda.emulate_on_cpu(backend), emulated_registration():
             yield torch.device("cpu")
 
 

@@ -62,4 +62,4 @@ def test_gpu_check_smoke_runs(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and "operation" not in l]
-    assert len(rows) == 3 and all("x |" in r for r in rows), proc.stdout
+    assert len(rows) == 4 and all("x |" in r for r in rows), proc.stdout

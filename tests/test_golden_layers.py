@@ -34,8 +34,9 @@ def test_golden_layer_case(case):
         require_reference(GOLDEN / 'layers')
     meta = CASES[case]
     npz = _load(case)
+    # fuse=False: every intermediate blob the fork recorded is compared (tests/test_fusion.py runs fused)
     net = caffe_compat.Net.from_string(str(npz["prototxt"]), phase=meta.get("phase", "TEST"),
-                                       defines=template_defines(), source=case)
+                                       defines=template_defines(), source=case, fuse=False)
     set_params(net, npz)
     results = run_case(net, npz, check_backward=meta.get("backward", True))
     # DummyData cases record values after two forwards (the xy filler runs every forward).

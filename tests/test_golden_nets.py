@@ -37,7 +37,9 @@ def built():
     def get(name):
         if name not in cache:
             d, meta = _files(name)
-            net = caffe_compat.Net(d / meta["files"]["prototxt"], weights=d / meta["files"]["caffemodel"])
+            # fuse=False: every recorded blob is compared (tests/test_fusion.py runs the nets fused)
+            net = caffe_compat.Net(d / meta["files"]["prototxt"], weights=d / meta["files"]["caffemodel"],
+                                   fuse=False)
             cache[name] = (net, np.load(d / meta["files"]["npz"]), meta)
         return cache[name]
     return get

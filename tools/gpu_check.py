@@ -9,13 +9,15 @@ Run from the repository root on a machine with a CUDA GPU, torch's CUDA build an
 Steps (each prints a line; the exit status is non-zero if any check failed):
 
 1. environment: device, torch/cupy versions, kernel compile time (NVRTC, both dtypes);
-2. every kernel against the torch path, and the golden layer cases, on CUDA: the CUDA tests
-   (tests/test_cuda_*.py) with ``CAFFE_COMPAT_KERNELS=cuda`` (the kernel side of every comparison
-   runs on the GPU; in that mode the golden test covers every layer case, not only the kernel
-   layers);
+2. every kernel against the torch path, and the goldens, on CUDA: the CUDA tests
+   (tests/test_cuda_emulated.py, test_cuda_segaware_conv.py, test_cuda_golden_emulated.py) with
+   ``CAFFE_COMPAT_KERNELS=cuda`` (the kernel side of every comparison runs on the GPU; in that
+   mode the golden test covers every layer case, not only the kernel layers, and the reduced
+   embs, vgg and res nets);
 3. a timing table: each custom operation at the configs' sizes, torch path on CUDA vs the
    kernels, and a cuDNN ``conv2d`` of the same shape as the masked (segmentation-aware)
-   convolution; ``tools/bench.py --impl cuda`` too when that script exists;
+   convolution (standalone: tools/bench.py, written in parallel, had no ``cuda`` implementation
+   to hook into when this was written);
 4. the full-size res deploy forward at 513x513 (seeded weights), kernels vs torch path.
 
 ``--smoke`` runs steps 3 and 4 at toy sizes on the CPU through the kernel emulator (no GPU):
@@ -42,7 +44,7 @@ from caffe_compat import cuda  # noqa: E402
 from caffe_compat.layers.geometry import ConvGeometry  # noqa: E402
 from caffe_compat.ops import meanfield as mf  # noqa: E402
 from caffe_compat.ops.im2dist import im2dist  # noqa: E402
-from caffe_compat.ops import norm_conv as nc  # noqa: E402
+from caffe_compat.ops.segaware_conv import segaware_conv2d  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -69,8 +71,12 @@ def _kernels_context(device):
     if device.type == "cuda":
         return contextlib.nullcontext()
     from caffe_compat._cuda_emu import EmulatorBackend
+    from caffe_compat.ops.segaware_conv_cuda import emulated_registration
 
-    return cuda.emulate_on_cpu(EmulatorBackend())
+    stack = contextlib.ExitStack()
+    stack.enter_context(cuda.emulate_on_cpu(EmulatorBackend()))
+    stack.enter_context(emulated_registration())
+    return stack
 
 
 def _fwd_bwd(fn, inputs):
@@ -96,14 +102,16 @@ def bench_cases(device, smoke: bool):
     geom3 = ConvGeometry((3, 3), (1, 1), (1, 1), (1, 1))
     cases.append((f"im2dist L1 k3 (1,{emb.shape[1]},{H},{H})",
                   _fwd_bwd(lambda e: im2dist(e, geom3, "L1"), [emb]), None))
-    # the segmentation-aware convolution: mask (N, 9, H, W) times a k3 d2 conv, vs cuDNN conv2d
-    C, H2 = s(512, 4), s(65, 9)
-    geom_d2 = ConvGeometry((3, 3), (1, 1), (2, 2), (2, 2))
-    img, w = r(1, C, H2, H2), r(C, C, 3, 3) * 0.01
-    mask = torch.rand(1, 9, H2, H2, generator=g).to(device)
-    cases.append((f"masked conv k3 d2 C={C} {H2}x{H2}",
-                  _fwd_bwd(lambda x, a, ww: nc.masked_window_sum(x, a, geom_d2, ww), [img, mask, w]),
-                  _fwd_bwd(lambda x, ww: torch.nn.functional.conv2d(x, ww, padding=2, dilation=2), [img, w])))
+    # the fused segmentation-aware convolution (mask (N, 9, H, W), k3 d2, bias) vs cuDNN conv2d
+    for C, H2 in ((s(512, 4), s(65, 9)), (s(64, 3), s(161, 7))):
+        geom_d2 = ConvGeometry((3, 3), (1, 1), (2, 2), (2, 2))
+        img, w, b = r(1, C, H2, H2), r(C, C, 3, 3) * 0.01, r(C)
+        mask = torch.rand(1, 9, H2, H2, generator=g).to(device)
+        cases.append((f"segaware_conv2d k3 d2 C={C} {H2}x{H2}",
+                      _fwd_bwd(lambda x, a, ww, bb, geom=geom_d2: segaware_conv2d(x, a, ww, bb, geom),
+                               [img, mask, w, b]),
+                      _fwd_bwd(lambda x, ww, bb: torch.nn.functional.conv2d(x, ww, bb, padding=2, dilation=2),
+                               [img, w, b])))
     # the res CRF: 21 classes at 65x65, bilateral 13x13 d9 (169 taps), spatial 5x5, 2 iterations
     Cc, H3 = 21, s(65, 9)
     bil = mf.MeanfieldKernel(ConvGeometry((s(13, 3),) * 2, (1, 1), (s(54, 2),) * 2, (s(9, 2),) * 2), 1.0)
@@ -129,10 +137,6 @@ def timing_table(device, smoke: bool, repeat: int) -> None:
         t_ref = _time(ref, device, repeat) if ref is not None else None
         ref_s = f"{t_ref:.2f} | {t_kern / t_ref:.2f}x" if t_ref else "- | -"
         print(f"| {name} | {t_torch:.2f} | {t_kern:.2f} | {t_torch / t_kern:.2f}x | {ref_s} |")
-    bench = REPO / "tools" / "bench.py"
-    if bench.exists() and not smoke:
-        print("\n## tools/bench.py --impl cuda\n")
-        subprocess.run([sys.executable, str(bench), "--impl", "cuda"], cwd=REPO, timeout=180, check=False)
 
 
 def res_deploy(device, reference: Path, smoke: bool, repeat: int) -> None:
@@ -191,7 +195,8 @@ def main(argv=None) -> int:
         if not args.skip_tests:
             env = dict(os.environ, CAFFE_COMPAT_KERNELS="cuda")
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                                   "tests/test_cuda_emulated.py", "tests/test_cuda_golden_emulated.py"],
+                                   "tests/test_cuda_emulated.py", "tests/test_cuda_segaware_conv.py",
+                                   "tests/test_cuda_golden_emulated.py"],
                                   cwd=REPO, env=env, timeout=300)
             print(f"CUDA tests (kernels vs torch path, golden layer cases): "
                   f"{'passed' if proc.returncode == 0 else 'FAILED'}")

@@ -42,13 +42,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import NotSupportedError, ShapeError
-from ..ops.meanfield import MeanfieldKernel, normconv_meanfield
-from ..ops.norm_conv import L1, L2, Window, normconv_mask, masked_window_sum
+from ..nn import functional as segaware_functional
+from ..ops.meanfield import MeanfieldKernel
+from ..ops.window import L1, L2, Window, norm_name
 from ._common import check_4d, positive_int
 from .base import Layer, check_shape, register_layer
 from .geometry import parse_conv_geometry
 
-_NORM_NAMES = {L1: "L1", L2: "L2"}
 
 
 @register_layer("NormConv")
@@ -87,7 +87,7 @@ class NormConvLayer(Layer):
             raise self.error(f"convolution_param.num_output ({self.num_output}) must be divisible by "
                              f"convolution_param.group ({self.group})")
         self.norm = int(ncp.norm)
-        if self.norm not in _NORM_NAMES:
+        if self.norm not in (L1, L2):
             raise self.error(f"norm_conv_param.norm must be L1 (1) or L2 (2), got {self.norm}")
         self.remove_center = bool(ncp.remove_center)
         self.remove_bounds = bool(ncp.remove_bounds)
@@ -122,18 +122,16 @@ class NormConvLayer(Layer):
         if img.is_meta or emb.is_meta:      # shape pass: nothing to compute
             ho, wo = self.geom.output_size(img.shape[2], img.shape[3])
             return (img.new_empty((img.shape[0], self.num_output, ho, wo)),)
-        weight = self.blobs[0].to(img.dtype)
+        # the same function as caffe_compat.nn.NormConv2d (one implementation, two faces)
         scale = self.blobs[self.scale_index] if self.scale_term else None
-        A = normconv_mask(emb.to(img.dtype), scale, self.geom, self.norm, self.remove_center, self.remove_bounds)
-        y = masked_window_sum(img, A, self.geom, weight, self.group)
-        if self.bias_term:
-            y = y + self.blobs[1].to(y.dtype).reshape(1, -1, 1, 1)
-        return (y,)
+        bias = self.blobs[1] if self.bias_term else None
+        return (segaware_functional.norm_conv2d(img, emb, self.blobs[0].to(img.dtype), bias, scale, self.geom,
+                                                self.group, self.norm, self.remove_center, self.remove_bounds),)
 
     def extra_repr(self) -> str:
         g = self.geom
         return (f"name={self.name!r}, num_output={self.num_output}, kernel={g.kernel}, stride={g.stride}, "
-                f"pad={g.pad}, dilation={g.dilation}, group={self.group}, norm={_NORM_NAMES[self.norm]}, "
+                f"pad={g.pad}, dilation={g.dilation}, group={self.group}, norm={norm_name(self.norm)}, "
                 f"scale_term={self.scale_term}, remove_center={self.remove_center}, "
                 f"remove_bounds={self.remove_bounds}")
 
@@ -223,10 +221,10 @@ class NormConvMeanfieldLayer(Layer):
         self._check_bottoms([tuple(t.shape) for t in bottoms])
         if any(t.is_meta for t in bottoms):  # shape pass: nothing to compute
             return (unary.new_empty(unary.shape),)
-        dtype = unary.dtype
-        return (normconv_meanfield(unary, q0.to(dtype), bilateral_features.to(dtype), spatial_features.to(dtype),
-                                   self.blobs[0], self.blobs[1], self.blobs[2], self.num_iterations,
-                                   self.bilateral, self.spatial),)
+        # the same function as caffe_compat.nn.MeanfieldCRF (one implementation, two faces)
+        return (segaware_functional.meanfield_crf(unary, q0, bilateral_features, spatial_features, self.blobs[0],
+                                                  self.blobs[1], self.blobs[2], self.num_iterations,
+                                                  self.bilateral, self.spatial),)
 
     def extra_repr(self) -> str:
         def fmt(k):

@@ -6,31 +6,11 @@ Only 2 spatial axes (NCHW) are supported by this port.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Tuple
 
+from ..ops.window import ConvGeometry  # the one window type (kernel, stride, pad, dilation)
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Kernel, stride, pad and dilation of a 2-D window, each as ``(h, w)``."""
-
-    kernel: Tuple[int, int]
-    stride: Tuple[int, int] = (1, 1)
-    pad: Tuple[int, int] = (0, 0)
-    dilation: Tuple[int, int] = (1, 1)
-
-    @property
-    def taps(self) -> int:
-        """Number of window positions ``K = kh * kw``."""
-        return self.kernel[0] * self.kernel[1]
-
-    def output_size(self, h: int, w: int) -> Tuple[int, int]:
-        """Caffe's conv output size: ``(in + 2p - (d(k-1)+1)) / s + 1`` with floor."""
-        out = []
-        for n, k, s, p, d in zip((h, w), self.kernel, self.stride, self.pad, self.dilation):
-            ext = d * (k - 1) + 1
-            out.append((n + 2 * p - ext) // s + 1 if n + 2 * p - ext >= 0 else 0)
-        return out[0], out[1]
+__all__ = ["ConvGeometry", "parse_conv_geometry"]
 
 
 def _per_dim(values, name: str, fail) -> Tuple[int, int] | None:

@@ -37,7 +37,7 @@ import torch
 from ..errors import CaffeCompatError, ShapeError
 from ..ops.dist_loss import dist_loss
 from ..ops.im2col import im2col
-from ..ops.im2dist import im2dist
+from ..nn import functional as segaware_functional
 from ..ops.im2parity import im2parity
 from ._common import check_4d, optional_int, positive_int
 from .base import Layer, register_layer
@@ -127,7 +127,9 @@ class Im2dist(_WindowLayer):
 
     def forward(self, x):
         check_4d(self, x.shape)
-        return (self._named(im2dist, x, self.geometry, self.norm, self.remove_center, self.remove_bounds),)
+        g = self.geometry  # the same function as caffe_compat.nn.Im2dist (one implementation, two faces)
+        return (self._named(segaware_functional.im2dist, x, g.kernel, g.stride, g.pad, g.dilation, self.norm,
+                            self.remove_center, self.remove_bounds),)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", norm={self.norm}, remove_center={self.remove_center}, "

@@ -15,7 +15,7 @@ the gradient torch derives for ``unfold`` is ``fold``, i.e. Caffe's ``col2im``
 autograd Function is needed here.
 
 The helpers :func:`output_size`, :func:`centre_tap` and :func:`window_masks`
-describe the "centre / neighbour" geometry used by Im2dist, Im2parity and the
+(defined in :mod:`caffe_compat.ops.window`, re-exported here) describe the "centre / neighbour" geometry used by Im2dist, Im2parity and the
 CRF (LAYERS.md §2.2): for output position ``(y, x)`` and kernel offset
 ``k = i*kw + j`` the neighbour is at ``(y*sh - ph + i*dh, x*sw - pw + j*dw)``
 and the centre at ``(y*sh - ph + (kh//2)*dh, x*sw - pw + (kw//2)*dw)``
@@ -24,76 +24,13 @@ two middle taps, as in the fork).
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
+from .window import centre_outside_any, centre_tap, output_size, unfold_args, window_masks  # noqa: F401
 
 __all__ = ["output_size", "centre_tap", "window_masks", "centre_outside_any", "unfold_args", "im2col"]
-
-
-def output_size(h: int, w: int, geometry, what: str = "im2col") -> Tuple[int, int]:
-    """Output spatial size ``(Ho, Wo)`` of a window op on an ``h x w`` image.
-
-    Raises :class:`ShapeError` when a dimension would be ``<= 0`` (the fork does
-    not check this cleanly).
-    """
-    ho, wo = geometry.output_size(int(h), int(w))
-    if ho <= 0 or wo <= 0:
-        raise ShapeError(
-            f"{what}: input {h}x{w} is too small for kernel {list(geometry.kernel)}, "
-            f"dilation {list(geometry.dilation)}, pad {list(geometry.pad)}, stride "
-            f"{list(geometry.stride)}: output size would be {ho}x{wo}")
-    return ho, wo
-
-
-def centre_tap(geometry) -> int:
-    """Index ``k = (kh//2)*kw + kw//2`` of the centre kernel offset."""
-    kh, kw = geometry.kernel
-    return (kh // 2) * kw + kw // 2
-
-
-def unfold_args(geometry) -> dict:
-    """Keyword arguments of :func:`torch.nn.functional.unfold` / ``fold`` for ``geometry``."""
-    return dict(kernel_size=tuple(geometry.kernel), dilation=tuple(geometry.dilation),
-                padding=tuple(geometry.pad), stride=tuple(geometry.stride))
-
-
-def window_masks(h: int, w: int, geometry, device=None):
-    """Where the centre and the neighbours of every window lie inside the image.
-
-    Args:
-        h, w: input spatial size.
-        geometry: a :class:`~caffe_compat.layers.geometry.ConvGeometry`.
-        device: device of the returned masks.
-
-    Returns:
-        ``(centre_inside, neighbour_inside)``: bool tensors of shapes
-        ``(Ho, Wo)`` and ``(K, Ho, Wo)`` (``K = kh*kw``, row-major offsets).
-    """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry.kernel, geometry.stride, geometry.pad, geometry.dilation
-    ho, wo = output_size(h, w, geometry)
-    rows = (torch.arange(ho, device=device) * sh - ph)[None, :] + (torch.arange(kh, device=device) * dh)[:, None]
-    cols = (torch.arange(wo, device=device) * sw - pw)[None, :] + (torch.arange(kw, device=device) * dw)[:, None]
-    row_in = (rows >= 0) & (rows < h)  # (kh, Ho)
-    col_in = (cols >= 0) & (cols < w)  # (kw, Wo)
-    neighbour = (row_in[:, None, :, None] & col_in[None, :, None, :]).reshape(kh * kw, ho, wo)
-    centre = row_in[kh // 2][:, None] & col_in[kw // 2][None, :]
-    return centre, neighbour
-
-
-def centre_outside_any(h: int, w: int, geometry) -> bool:
-    """True if some output column's centre lies outside the image (pad > (k//2)*dilation, ...).
-
-    Pure Python integer arithmetic (usable during the meta-device shape pass).
-    """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry.kernel, geometry.stride, geometry.pad, geometry.dilation
-    ho, wo = output_size(h, w, geometry)
-    first_r, last_r = -ph + (kh // 2) * dh, (ho - 1) * sh - ph + (kh // 2) * dh
-    first_c, last_c = -pw + (kw // 2) * dw, (wo - 1) * sw - pw + (kw // 2) * dw
-    return first_r < 0 or last_r >= h or first_c < 0 or last_c >= w
 
 
 def im2col(x: torch.Tensor, geometry) -> torch.Tensor:

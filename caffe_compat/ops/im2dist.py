@@ -33,9 +33,9 @@ wherever it is differentiable (constants ``FLT_MAX/100`` and out-of-image
 neighbours have zero derivative), and the L1 subgradient 0 at ties.
 
 Implementation: this module is a thin wrapper; the distance forward and
-backward are the ones of :mod:`caffe_compat.ops.norm_conv`
-(:func:`~caffe_compat.ops.norm_conv.window_distances`,
-:func:`~caffe_compat.ops.norm_conv.window_distances_backward`), shared with
+backward are the ones of :mod:`caffe_compat.ops.window`
+(:func:`~caffe_compat.ops.window.window_distances`,
+:func:`~caffe_compat.ops.window.window_distances_backward`), shared with
 NormConv / NormConvMeanfield so that both layers compute identical distances.
 
 Memory: the fork kept the ``(N, E*K, Ho, Wo)`` signed-difference tensor for
@@ -50,26 +50,17 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import LayerConfigError, ShapeError
-from .im2col import output_size
-from .norm_conv import FLT_MAX_OVER_100, L1, L2, window_distances, window_distances_backward
+from ..errors import ShapeError
+from .window import (FLT_MAX_OVER_100, L1, L2, output_size, parse_norm,  # noqa: F401
+                     window_distances, window_distances_backward)
 
 __all__ = ["FLT_MAX_OVER_100", "CHUNK_ELEMENTS", "im2dist", "im2dist_forward", "im2dist_backward",
-           "Im2distFunction", "parse_norm"]
+           "Im2distFunction", "parse_norm", "L1", "L2"]
 
 #: Upper bound on the elements of one channel chunk of differences (read at call
 #: time; ``FLT_MAX_OVER_100`` is ``FLT_MAX/100`` computed in float32 as the fork does,
 #: 3.4028235e36, used for removed centre / out-of-bounds entries in every dtype).
 CHUNK_ELEMENTS = 1 << 22
-
-
-def parse_norm(norm) -> bool:
-    """``'L1'``/``1`` -> True, ``'L2'``/``2`` -> False (returns "is L1")."""
-    if norm in ("L1", "l1", 1):
-        return True
-    if norm in ("L2", "l2", 2):
-        return False
-    raise LayerConfigError(f"im2dist: unknown norm {norm!r} (choose L1 or L2)")
 
 
 def _check_input(x: torch.Tensor, geometry, what: str = "im2dist"):
@@ -82,23 +73,23 @@ def _check_input(x: torch.Tensor, geometry, what: str = "im2dist"):
     return n, e, h, w, ho, wo
 
 
-def im2dist_forward(x: torch.Tensor, geometry, l1: bool, remove_center: bool = False,
+def im2dist_forward(x: torch.Tensor, geometry, norm, remove_center: bool = False,
                     remove_bounds: bool = False) -> torch.Tensor:
     """Forward values only (no autograd): ``(N, E, H, W) -> (N, K, Ho, Wo)``."""
     _check_input(x, geometry)
     with torch.no_grad():
-        return window_distances(x.detach(), geometry, L1 if l1 else L2, bool(remove_center),
+        return window_distances(x.detach(), geometry, parse_norm(norm), bool(remove_center),
                                 bool(remove_bounds), chunk_elements=CHUNK_ELEMENTS)
 
 
-def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool) -> torch.Tensor:
+def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, norm) -> torch.Tensor:
     """Gradient w.r.t. the embeddings (the fork's GPU rule, ``sign(0) = 0``).
 
     Args:
         x: embeddings ``(N, E, H, W)`` (as given to the forward).
         grad_top: gradient of the distances ``(N, K, Ho, Wo)``.
         geometry: the window geometry.
-        l1: L1 norm (else "L2" = half squared).
+        norm: :data:`L1` or :data:`L2` (half squared), or their names.
 
     Returns:
         ``(N, E, H, W)``.  The remove flags need not be known: removed and
@@ -111,23 +102,23 @@ def im2dist_backward(x: torch.Tensor, grad_top: torch.Tensor, geometry, l1: bool
                          f"output shape {[n, k, ho, wo]}")
     if not x.numel():
         return torch.zeros_like(x)
-    return window_distances_backward(x, grad_top, geometry, L1 if l1 else L2)
+    return window_distances_backward(x, grad_top, geometry, parse_norm(norm))
 
 
 class Im2distFunction(torch.autograd.Function):
     """Autograd wrapper: saves only the input, recomputes differences in backward."""
 
     @staticmethod
-    def forward(ctx, x, geometry, l1, remove_center, remove_bounds):
-        ctx.geometry, ctx.l1 = geometry, l1
+    def forward(ctx, x, geometry, norm, remove_center, remove_bounds):
+        ctx.geometry, ctx.norm = geometry, norm
         ctx.save_for_backward(x)
-        return im2dist_forward(x, geometry, l1, remove_center, remove_bounds)
+        return im2dist_forward(x, geometry, norm, remove_center, remove_bounds)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_top):
         (x,) = ctx.saved_tensors
-        dx = im2dist_backward(x, grad_top, ctx.geometry, ctx.l1) if ctx.needs_input_grad[0] else None
+        dx = im2dist_backward(x, grad_top, ctx.geometry, ctx.norm) if ctx.needs_input_grad[0] else None
         return dx, None, None, None, None
 
 
@@ -137,7 +128,7 @@ def im2dist(x: torch.Tensor, geometry, norm="L2", remove_center: bool = False,
 
     Args:
         x: embeddings, any floating dtype and device (``meta`` gives the shape only).
-        geometry: a :class:`~caffe_compat.layers.geometry.ConvGeometry`
+        geometry: a :class:`~caffe_compat.ops.window.Window`
             (kernel, stride, pad, dilation).
         norm: ``"L1"`` (sum of absolute differences) or ``"L2"`` (**half** the
             sum of squared differences); also 1 / 2.
@@ -146,8 +137,11 @@ def im2dist(x: torch.Tensor, geometry, norm="L2", remove_center: bool = False,
 
     Differentiable w.r.t. ``x`` with the custom gradient described above.
     """
-    l1 = parse_norm(norm)
+    norm = parse_norm(norm)
     n, e, h, w, ho, wo = _check_input(x, geometry)
     if x.is_meta:
         return x.new_empty((n, geometry.taps, ho, wo))
-    return Im2distFunction.apply(x, geometry, l1, bool(remove_center), bool(remove_bounds))
+    from .library import im2dist_op, tracing
+    if tracing(x):  # torch.compile / torch.export: the torch.library op
+        return im2dist_op(x, geometry, norm, remove_center, remove_bounds)
+    return Im2distFunction.apply(x, geometry, norm, bool(remove_center), bool(remove_bounds))
