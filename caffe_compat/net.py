@@ -397,6 +397,9 @@ class Net(nn.Module):
                 if not bnames and v.device != device:
                     v = v.to(device)
                 blobs[t] = v
+            if self.free_blobs:
+                for b in self._release_plan().get(i, ()):
+                    blobs.pop(b, None)
         self.blobs = blobs
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
@@ -444,6 +447,28 @@ class Net(nn.Module):
                                    f"run forward() again first") from None
                 raise
         return OrderedDict((k, x.grad if x.requires_grad else None) for k, x in self._input_leaves.items())
+
+    #: when True, ``forward`` drops each intermediate blob after the last layer that reads it
+    #: (net outputs, loss tops and inputs stay in :attr:`blobs`); peak memory of inference
+    #: then follows the live blobs, not all of them.  Gradients still work (autograd keeps
+    #: what it needs), but ``blobs`` then lacks the dropped intermediates.
+    free_blobs: bool = False
+
+    def _release_plan(self) -> Dict[int, List[str]]:
+        """``layer index -> blobs last read or written by that layer`` (built once; see :attr:`free_blobs`)."""
+        plan = getattr(self, "_release_plan_cache", None)
+        if plan is None:
+            keep = set(self.outputs) | set(self.loss_weights) | set(self.inputs)
+            last: Dict[str, int] = {}
+            for i, (bn, tn) in enumerate(zip(self.bottom_names, self.top_names)):
+                for b in list(bn) + list(tn):
+                    last[b] = i
+            plan = {}
+            for b, i in last.items():
+                if b not in keep:
+                    plan.setdefault(i, []).append(b)
+            self._release_plan_cache = plan
+        return plan
 
     # ------------------------------------------------------------------ shapes
     def infer_shapes(self, **input_shapes) -> "OrderedDict[str, Tuple[int, ...]]":
