@@ -188,9 +188,9 @@ def weights_report_text(report, weights, net, limit: int = 8) -> Tuple[str, bool
     n_param_layers = sum(1 for l in net.layers if len(l.blobs))
     n_loaded = len(report.loaded)
     mism_layers = sorted({re.sub(r"^layer '([^']+)'.*$", r"\1", m) for m in report.mismatched})
-    lines = [f"{weights} does not fit net '{net.name}' ({net.source}): {n_loaded} of {n_param_layers} layers "
-             f"with parameters loaded, {len(mism_layers)} mismatched, {len(report.missing)} missing from the "
-             f"file, {len(report.unexpected)} in the file only"]
+    lines = [f"{weights} does not fit net '{net.name}' ({net.source}):",
+             f"  {n_loaded} of {n_param_layers} layers with parameters loaded, {len(mism_layers)} mismatched, "
+             f"{len(report.missing)} missing from the file, {len(report.unexpected)} in the file only"]
     if report.mismatched:
         lines.append("  mismatched:")
         lines += [f"    {m}" for m in report.mismatched[:limit]]
@@ -233,8 +233,8 @@ def load_weights(net, weights, net_path, *, lenient: bool = False, strict_mismat
     if lenient and not (strict_mismatch and report.mismatched):
         log.warning("%s\nthose layers keep their filler values", text)
         return report
-    raise WeightsError(f"{text}\nhint: --lenient loads the layers that fit and keeps filler values for the "
-                       f"others (results are then not the trained model's)")
+    raise WeightsError(f"{text}\nhint: --lenient loads the layers that fit and keeps filler values for the others\n"
+                       f"(the results are then not the trained model's)")
 
 
 def warn_no_weights(net, net_path) -> None:
