@@ -549,6 +549,28 @@ def _quiet_torch_logs():
                 log.debug("torch.export output:\n%s", text)
 
 
+@contextlib.contextmanager
+def _flat_grad_mode():
+    """``torch.no_grad()`` blocks entered while grad mode is already off do not touch grad mode."""
+    cls = torch.no_grad
+    enter, exit_ = cls.__enter__, cls.__exit__
+
+    def flat_enter(self):
+        self._flat = not torch.is_grad_enabled()
+        if not self._flat:
+            enter(self)
+
+    def flat_exit(self, *exc):
+        if not getattr(self, "_flat", False):
+            exit_(self, *exc)
+
+    cls.__enter__, cls.__exit__ = flat_enter, flat_exit
+    try:
+        yield
+    finally:
+        cls.__enter__, cls.__exit__ = enter, exit_
+
+
 def _export_blockers(net: "Net") -> List[str]:
     out = []
     skip = getattr(net, "_input_layers", set())
@@ -611,7 +633,11 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
         example = tuple(torch.rand(example_shapes[k], generator=gen, dtype=net.dtype).to(device)
                         for k in net.inputs)
         try:
-            with torch.no_grad(), _quiet_torch_logs():
+            # The layers' own `with torch.no_grad()` blocks are no-ops inside this no_grad trace, but
+            # torch.export records each as a grad-mode region and then splits and recompiles the graph
+            # around every one (replace_set_grad_with_hop_pass): most of the export time.  They are
+            # skipped while tracing (_flat_grad_mode); the program is the same inference graph.
+            with torch.no_grad(), _flat_grad_mode(), _quiet_torch_logs():
                 return torch.export.export(wrapper, example, dynamic_shapes=dyn)
         except CaffeCompatError:
             raise
