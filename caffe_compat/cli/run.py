@@ -1,4 +1,4 @@
-"""``caffe-compat run``: run a deploy net on one image and save blobs as ``.npy`` and ``.png``.
+"""``caffe-compat run``: run a deploy net on images and save blobs as ``.npy`` and ``.png``.
 
 Preprocessing is the fork's ``DataTransformer`` at TEST time (what the configs'
 ``transform_param`` do for their data layers), applied to one image:
@@ -16,9 +16,13 @@ Preprocessing is the fork's ``DataTransformer`` at TEST time (what the configs'
    the B/G/R mean of every original config; ``--mean 0`` disables it).
 
 ``--no-fit`` skips 2 and 3 and feeds the image at its own size (the net
-recomputes its blob shapes; most deploy nets accept any size).  The batch is
-one image.  Nets with several inputs get the others from ``--feed
-NAME=FILE.npy``.
+recomputes its blob shapes; most deploy nets accept any size); ``--resize``
+replaces 2 and 3 by a bilinear resize to the input's size.  The batch is one
+image; several ``--image`` files run one after the other (progress bar), each
+into ``--out/<stem>``.  The other inputs of the original deploy nets (label,
+``pos_data``, the res multi-scale inputs) are derived as
+:mod:`.deploy_inputs` describes, or given with ``--feed NAME=FILE.npy``
+(shape checked).
 
 Outputs, in ``--out DIR`` (created; every file written atomically):
 
@@ -70,7 +74,14 @@ inputs (Input layers / input: fields), not from data layers.
 Preprocessing (as the fork's TEST-phase transform): the image is read as BGR,
 padded bottom/right with the mean (so padding is 0 after subtraction) when
 smaller than the input's HxW, centre-cropped when larger, then
-(pixel - mean) * scale. --no-fit feeds the image at its own size.
+(pixel - mean) * scale. --no-fit feeds the image at its own size, --resize
+scales it to the input's size.
+
+Other inputs of the original deploy nets are derived: 'label' and the 4th
+channel of a 4-channel input (embs) from --label (255 = ignore without one),
+embs 'pos_data' = [zeros, column, row], res 'data_res05'/'data_res075' by the
+res test config's Interp of the image, 'fc1_voc12_res075_interp' from the
+net's own fc1_voc12_res075 (Interp zoom 4 / shrink 3). --feed overrides any.
 
 Writes <blob>.npy for each blob (default: the net outputs), a VOC-palette
 <blob>.png for label-like blobs (argmax over 2..256 channels, or a 1-channel
