@@ -233,6 +233,9 @@ def load_weights(net, weights, net_path, *, lenient: bool = False, strict_mismat
     if lenient and not (strict_mismatch and report.mismatched):
         log.warning("%s\nthose layers keep their filler values", text)
         return report
+    if strict_mismatch:
+        raise WeightsError(f"{text}\nlayers whose blob shapes differ cannot be loaded (caffe test stops too): "
+                           f"check that the weights belong to this prototxt and its --define values")
     raise WeightsError(f"{text}\nhint: --lenient loads the layers that fit and keeps filler values for the others\n"
                        f"(the results are then not the trained model's)")
 
