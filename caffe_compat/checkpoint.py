@@ -659,9 +659,14 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
                      for k in net.inputs),)
         # torch.export specialises dimensions whose example size is 0 or 1: trace a batch of 2 ...
         bumped = {k: ((max(2, s[0]),) + tuple(s[1:]) if len(s) else s) for k, s in shapes.items()}
-        ep = trace(bumped, dyn)
-        fixed = program_input_shapes(ep, net.inputs)
-        if any(len(s) and isinstance(fixed[k][0], int) and s[0] != shapes[k][0] for k, s in bumped.items()):
+        try:
+            ep = trace(bumped, dyn)
+        except CaffeCompatError as e:  # a layer (e.g. DummyData xy) pins the batch: a clean shape error
+            log.info("net '%s': batch %s does not trace (%s); keeping the prototxt's batch size",
+                     net.name, {k: s[0] for k, s in bumped.items() if len(s)}, e)
+            ep = None
+        fixed = program_input_shapes(ep, net.inputs) if ep is not None else {}
+        if ep is None or any(len(s) and isinstance(fixed[k][0], int) and s[0] != shapes[k][0] for k, s in bumped.items()):
             # ... unless a layer fixes the batch anyway: then keep the prototxt's batch size
             ep = trace(shapes, dyn)
             fixed = program_input_shapes(ep, net.inputs)
