@@ -9,6 +9,7 @@ Quick start::
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
 from .errors import (CaffeCompatError, DataError, LayerConfigError, NetError, NotSupportedError,
@@ -16,6 +17,12 @@ from .errors import (CaffeCompatError, DataError, LayerConfigError, NetError, No
 from .layers import REGISTRY, BuildContext, Layer, register_layer
 from .net import Net
 from .solver import Solver, param_groups
+# The custom operations (README: caffe_compat.ops.im2dist.im2dist, ...) reachable after `import caffe_compat`.
+from . import ops  # noqa: E402
+
+for _op in ("im2col", "im2dist", "meanfield", "norm_conv"):
+    importlib.import_module(f"{__name__}.ops.{_op}")
+del _op
 
 __version__ = "0.1.0"
 

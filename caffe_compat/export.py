@@ -104,6 +104,28 @@ def _quiet_torch_logs():
                 log.debug("torch.export output:\n%s", text)
 
 
+@contextlib.contextmanager
+def _flat_grad_mode():
+    """``torch.no_grad()`` blocks entered while grad mode is already off do not touch grad mode."""
+    cls = torch.no_grad
+    enter, exit_ = cls.__enter__, cls.__exit__
+
+    def flat_enter(self):
+        self._flat = not torch.is_grad_enabled()
+        if not self._flat:
+            enter(self)
+
+    def flat_exit(self, *exc):
+        if not getattr(self, "_flat", False):
+            exit_(self, *exc)
+
+    cls.__enter__, cls.__exit__ = flat_enter, flat_exit
+    try:
+        yield
+    finally:
+        cls.__enter__, cls.__exit__ = enter, exit_
+
+
 def _export_blockers(net: "Net") -> List[str]:
     """``"'name' (why)"`` of every layer that refuses to be exported."""
     out = []
@@ -162,7 +184,11 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
         example = tuple(torch.rand(example_shapes[k], generator=gen, dtype=net.dtype).to(device)
                         for k in net.inputs)
         try:
-            with torch.no_grad(), _quiet_torch_logs():
+            # The layers' own `with torch.no_grad()` blocks are no-ops inside this no_grad trace, but
+            # torch.export records each as a grad-mode region and then splits and recompiles the graph
+            # around every one (replace_set_grad_with_hop_pass): most of the export time.  They are
+            # skipped while tracing (_flat_grad_mode); the program is the same inference graph.
+            with torch.no_grad(), _flat_grad_mode(), _quiet_torch_logs():
                 return torch.export.export(wrapper, example, dynamic_shapes=dyn)
         except CaffeCompatError:
             raise
@@ -184,9 +210,15 @@ def export_program(net: "Net", path: PathLike, input_shapes: Optional[Mapping[st
                      for k in net.inputs),)
         # torch.export specialises dimensions whose example size is 0 or 1: trace a batch of 2 ...
         bumped = {k: ((max(2, s[0]),) + tuple(s[1:]) if len(s) else s) for k, s in shapes.items()}
-        ep = trace(bumped, dyn)
-        fixed = program_input_shapes(ep, net.inputs)
-        if any(len(s) and isinstance(fixed[k][0], int) and s[0] != shapes[k][0] for k, s in bumped.items()):
+        try:
+            ep = trace(bumped, dyn)
+        except CaffeCompatError as e:  # a layer (e.g. DummyData xy) pins the batch: a clean shape error
+            log.info("net '%s': batch %s does not trace (%s); keeping the prototxt's batch size",
+                     net.name, {k: s[0] for k, s in bumped.items() if len(s)}, e)
+            ep = None
+        fixed = program_input_shapes(ep, net.inputs) if ep is not None else {}
+        if ep is None or any(len(s) and isinstance(fixed[k][0], int) and s[0] != shapes[k][0]
+                             for k, s in bumped.items()):
             # ... unless a layer fixes the batch anyway: then keep the prototxt's batch size
             ep = trace(shapes, dyn)
             fixed = program_input_shapes(ep, net.inputs)

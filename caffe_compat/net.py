@@ -540,7 +540,8 @@ class Net(nn.Module):
             blobs[k] = self._input_leaves[k] = x
         if not torch.compiler.is_compiling():
             self._check_forward_memory(blobs)
-        self.run_layers(blobs, device=device, failing="forward", schedule=_fusion.schedule(self))
+        self.run_layers(blobs, device=device, failing="forward", schedule=_fusion.schedule(self),
+                        release=self._release_plan() if self.free_blobs else None)
         self.blobs = _fusion.FusedBlobs(blobs, hidden=self.fusion_plan.hidden, source=self.source)
         self._loss_tops = OrderedDict((t, blobs[t]) for t in self.loss_weights)
         self.loss = None
@@ -557,7 +558,8 @@ class Net(nn.Module):
     def run_layers(self, blobs: Dict[str, torch.Tensor], *, device: Optional[torch.device] = None,
                    call: Optional[Callable] = None, on_layer: Optional[Callable[[int], None]] = None,
                    failing: Optional[str] = None, failing_error: type = LayerRuntimeError,
-                   schedule: Optional[Iterable[Tuple[int, nn.Module, List[str], List[str]]]] = None
+                   schedule: Optional[Iterable[Tuple[int, nn.Module, List[str], List[str]]]] = None,
+                   release: Optional[Mapping[int, Sequence[str]]] = None
                    ) -> Dict[str, torch.Tensor]:
         """Run every computing layer in net order: the one loop of :meth:`forward`,
         :meth:`infer_shapes` and exported programs (:mod:`caffe_compat.export`).
@@ -576,6 +578,8 @@ class Net(nn.Module):
                 naming the layer and its type (the original chained), a lack of
                 memory as :class:`MemoryBudgetError`.
             schedule: what to run, as :meth:`layer_schedule` gives it (the default).
+            release: ``step index -> blob names`` dropped from ``blobs`` after that step
+                (:attr:`free_blobs`).
 
         Layers that only declare net inputs (``feeds_net_inputs``) are skipped.
         Returns ``blobs``.
@@ -605,6 +609,9 @@ class Net(nn.Module):
                 if device is not None and not bnames and v.device != device:
                     v = v.to(device)
                 blobs[t] = v
+            if release is not None:
+                for b in release.get(i, ()):
+                    blobs.pop(b, None)
         return blobs
 
     def backward(self, **top_diffs) -> "OrderedDict[str, Optional[torch.Tensor]]":
@@ -691,6 +698,29 @@ class Net(nn.Module):
     def generator(self) -> torch.Generator:
         """The net's seeded CPU generator (fillers, Dropout masks, data shuffling and crops)."""
         return self._ctx.generator
+
+    #: when True, ``forward`` drops each intermediate blob after the last layer that reads it
+    #: (net outputs, loss tops and inputs stay in :attr:`blobs`); peak memory of inference
+    #: then follows the live blobs, not all of them.  Gradients still work (autograd keeps
+    #: what it needs), but ``blobs`` then lacks the dropped intermediates.
+    free_blobs: bool = False
+
+    def _release_plan(self) -> Dict[int, List[str]]:
+        """``layer index -> blobs last read or written by that layer`` (built once; see :attr:`free_blobs`)."""
+        plan = getattr(self, "_release_plan_cache", None)
+        if plan is None:
+            keep = set(self.outputs) | set(self.loss_weights) | set(self.inputs)
+            last: Dict[str, int] = {}
+            # over what actually runs: a fused convolution reads its chain's x and mask itself
+            for i, _layer, bn, tn in _fusion.schedule(self):
+                for b in list(bn) + list(tn):
+                    last[b] = i
+            plan = {}
+            for b, i in last.items():
+                if b not in keep:
+                    plan.setdefault(i, []).append(b)
+            self._release_plan_cache = plan
+        return plan
 
     # ------------------------------------------------------------------ shapes
     def infer_shapes(self, **input_shapes) -> "OrderedDict[str, Tuple[int, ...]]":

@@ -43,7 +43,8 @@ def test_info_table_and_json(tmp_path, capsys):
     assert "conv" in out and "1x2x5x5" in out and "learnable parameters: 56" in out
     assert main(["info", str(p), "-D", "SIZE=9", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d == {"blobs": {"data": [1, 3, 9, 9], "conv": [1, 2, 7, 7]}, "params": {"conv": [[2, 3, 3, 3], [2]]}}
+    assert d == {"blobs": {"data": [1, 3, 9, 9], "conv": [1, 2, 7, 7]}, "params": {"conv": [[2, 3, 3, 3], [2]]},
+                 "outputs": ["conv"], "losses": {}}
 
 
 def test_info_errors_exit_2_with_message(tmp_path, caplog):

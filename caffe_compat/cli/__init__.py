@@ -45,7 +45,15 @@ def check_device(device: str) -> str:
 def add_define_option(p: argparse.ArgumentParser) -> None:
     """The ``--define NAME=VALUE`` option shared by every command that reads a prototxt."""
     p.add_argument("--define", "-D", action="append", metavar="NAME=VALUE", default=[],
-                   help="value of a ${NAME} template variable of the prototxt (repeatable)")
+                   help="value of a ${NAME} template variable of the prototxt (repeatable; overrides --preset)")
+    p.add_argument("--preset", metavar="NAME", default=None,
+                   help="fill the ${NAME} variables with the original scripts' values for one of their runs "
+                        "(e.g. voc_val; `info NET --list-defines` lists them)")
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, evaluate and convert models of the segmentation-aware Caffe fork in PyTorch.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging: -v for progress details, -vv for debug")
+    parser.add_argument("--version", action="version", version=f"caffe-compat {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -61,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():  # -v also after the command name
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="more logging: -v for progress details, -vv for debug")
+        p.add_argument("--version", action="version", version=f"caffe-compat {_version()}")
     return parser
 
 

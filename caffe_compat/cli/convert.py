@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from . import add_define_option, parse_defines
+from . import add_define_option, check_device, parse_defines
 from ..errors import CaffeCompatError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: any difference is an error)")
     p.add_argument("--write-prototxt", metavar="FILE", default=None,
                    help="also write the net text (templates substituted) to FILE")
+    p.add_argument("--device", default="cpu",
+                   help="where the net is built while converting: cpu or cuda (default cpu; files are the same)")
     add_define_option(p)
     p.set_defaults(func=run)
     return p
@@ -63,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..atomic import atomic_write
     from ..checkpoint import is_checkpoint_file
-    from ..conversion import convert
+    from ..conversion import _same_file, convert, format_for, write_weights
+    from .common import open_cli_net, resolve_defines
 
     net_arg, weights = args.net, args.weights
     if weights is None:
@@ -74,9 +77,17 @@ def run(args) -> int:
     elif net_arg != "-" and is_checkpoint_file(net_arg):
         raise CaffeCompatError(f"{net_arg} is a checkpoint, which holds its own weights; "
                                f"convert it alone, or give a prototxt and WEIGHTS")
-    defines = parse_defines(args.define)
-    net = convert(None if net_arg in (None, "-") else net_arg, weights, args.output, to=args.to,
-                  defines=defines, phase=args.phase, strict=not args.lenient)
+    device = check_device(args.device)
+    if net_arg in (None, "-"):
+        net = convert(None, weights, args.output, to=args.to, defines=parse_defines(args.define), phase=args.phase)
+    else:
+        for src in (weights, net_arg):
+            if _same_file(src, args.output):
+                raise CaffeCompatError(f"{args.output}: the output would overwrite the input {src}")
+        to = args.to or format_for(args.output)
+        net = open_cli_net(net_arg, weights, phase=args.phase, defines=resolve_defines(args, net_arg),
+                           device=device, lenient=args.lenient)
+        write_weights(net, args.output, to)
     if args.write_prototxt:
         text, _ = net.net_text()
         out = Path(args.write_prototxt)

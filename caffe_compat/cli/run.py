@@ -1,4 +1,4 @@
-"""``caffe-compat run``: run a deploy net on one image and save blobs as ``.npy`` and ``.png``.
+"""``caffe-compat run``: run a deploy net on images and save blobs as ``.npy`` and ``.png``.
 
 Preprocessing is the fork's ``DataTransformer`` at TEST time (what the configs'
 ``transform_param`` do for their data layers), applied to one image:
@@ -16,9 +16,13 @@ Preprocessing is the fork's ``DataTransformer`` at TEST time (what the configs'
    the B/G/R mean of every original config; ``--mean 0`` disables it).
 
 ``--no-fit`` skips 2 and 3 and feeds the image at its own size (the net
-recomputes its blob shapes; most deploy nets accept any size).  The batch is
-one image.  Nets with several inputs get the others from ``--feed
-NAME=FILE.npy``.
+recomputes its blob shapes; most deploy nets accept any size); ``--resize``
+replaces 2 and 3 by a bilinear resize to the input's size.  The batch is one
+image; several ``--image`` files run one after the other (progress bar), each
+into ``--out/<stem>``.  The other inputs of the original deploy nets (label,
+``pos_data``, the res multi-scale inputs) are derived as
+:mod:`.deploy_inputs` describes, or given with ``--feed NAME=FILE.npy``
+(shape checked).
 
 Outputs, in ``--out DIR`` (created; every file written atomically):
 
@@ -54,7 +58,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import add_define_option, check_device, parse_defines
+from . import add_define_option, check_device
 from ..errors import CaffeCompatError, DataError, NetError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -70,7 +74,14 @@ inputs (Input layers / input: fields), not from data layers.
 Preprocessing (as the fork's TEST-phase transform): the image is read as BGR,
 padded bottom/right with the mean (so padding is 0 after subtraction) when
 smaller than the input's HxW, centre-cropped when larger, then
-(pixel - mean) * scale. --no-fit feeds the image at its own size.
+(pixel - mean) * scale. --no-fit feeds the image at its own size, --resize
+scales it to the input's size.
+
+Other inputs of the original deploy nets are derived: 'label' and the 4th
+channel of a 4-channel input (embs) from --label (255 = ignore without one),
+embs 'pos_data' = [zeros, column, row], res 'data_res05'/'data_res075' by the
+res test config's Interp of the image, 'fc1_voc12_res075_interp' from the
+net's own fc1_voc12_res075 (Interp zoom 4 / shrink 3). --feed overrides any.
 
 Writes <blob>.npy for each blob (default: the net outputs), a VOC-palette
 <blob>.png for label-like blobs (argmax over 2..256 channels, or a 1-channel
@@ -93,7 +104,7 @@ def parse_floats(text: str, what: str) -> List[float]:
 
 
 def prepare_image(path, channels: int, size: Optional[Tuple[int, int]], mean: Sequence[float] = DEFAULT_MEAN,
-                  scale: float = 1.0) -> Tuple[np.ndarray, Tuple[int, int]]:
+                  scale: float = 1.0, resize: bool = False) -> Tuple[np.ndarray, Tuple[int, int]]:
     """One image as a ``1 x C x H x W`` float32 net input; see the module docstring.
 
     Args:
@@ -102,6 +113,8 @@ def prepare_image(path, channels: int, size: Optional[Tuple[int, int]], mean: Se
         size: ``(H, W)`` of the net input to pad/crop to, or ``None`` for the image's own size.
         mean: 1 or C mean values (BGR order), subtracted before scaling.
         scale: multiplier after mean subtraction.
+        resize: scale the image to ``size`` (bilinear, as ``cv::resize`` in Caffe's
+            ImageData ``new_height``/``new_width``) instead of padding/cropping.
 
     Returns ``(data, (h, w))`` where ``(h, w)`` is the part of the input the
     image covers (top-left; smaller than ``size`` where it was padded).
@@ -116,7 +129,8 @@ def prepare_image(path, channels: int, size: Optional[Tuple[int, int]], mean: Se
     if len(mean) not in (1, channels):
         want = "1 value (grey input)" if channels == 1 else f"1 or {channels} values"
         raise DataError(f"--mean needs {want}, got {len(mean)}")
-    pixels = read_image(str(path), is_color=channels == 3)
+    rh, rw = (int(size[0]), int(size[1])) if resize and size is not None else (0, 0)
+    pixels = read_image(str(path), is_color=channels == 3, new_height=rh, new_width=rw)
     mvals = mean_values_for(mean, channels) if any(m != 0 for m in mean) else None
     h, w = pixels.shape[:2]
     valid = (h, w)
@@ -215,53 +229,99 @@ def is_embedding(name: str, blob: np.ndarray, embeddings: Sequence[str]) -> bool
 
 
 # ----------------------------------------------------------------------------- running
-def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: Sequence[float] = DEFAULT_MEAN,
-              scale: float = 1.0, input_name: Optional[str] = None, feeds: Optional[Dict[str, object]] = None,
-              embeddings: Sequence[str] = (), fit: bool = True) -> List[Path]:
-    """Run ``net`` on one image and write the blobs; see the module docstring. Returns the files written."""
-    from ..pipeline.palette import save_palette_png
+def _pick_image_input(net, input_name: Optional[str], feeds) -> str:
+    from . import deploy_inputs as D
 
-    feeds = dict(feeds or {})
     if not net.inputs:
         data_layers = [f"'{n}' ({t})" for n, t, b in zip(net.layer_names, net.layer_types, net.bottom_names)
                        if not b]
         raise NetError(f"net '{net.name}' has no net inputs (its data comes from {', '.join(data_layers) or 'nowhere'}); "
                        f"run needs a deploy net with Input layers or input: fields")
     if input_name is None:
-        if "data" in net.inputs:
-            input_name = "data"
-        else:
-            free = [k for k in net.inputs if k not in feeds]
-            if len(free) != 1:
-                raise NetError(f"net '{net.name}' has inputs {net.inputs}: say which one takes the image "
-                               f"with --input-name")
-            input_name = free[0]
+        for cand in ("data", "image_data"):
+            if cand in net.inputs:
+                return cand
+        free = [k for k in net.inputs if k not in feeds and not D.derivable(k)]
+        if len(free) != 1:
+            raise NetError(f"net '{net.name}' has inputs {net.inputs}: say which one takes the image "
+                           f"with --input-name")
+        return free[0]
     if input_name not in net.inputs:
         raise NetError(f"net '{net.name}' has no input {input_name!r}; its inputs are {net.inputs}")
+    return input_name
+
+
+def _fit_label(label: np.ndarray, size: Optional[Tuple[int, int]], resize: bool) -> np.ndarray:
+    """A label map taken to the net input's size as the image was (pad 255 / centre crop, or nearest resize)."""
+    from ..pipeline.images import crop_offsets, pad_bottom_right, resize_nearest
+
+    if size is None:
+        return label
+    th, tw = size
+    if resize:
+        return resize_nearest(label, tw, th)
+    lab = pad_bottom_right(label.astype(np.float64), max(th - label.shape[0], 0), max(tw - label.shape[1], 0),
+                           (255.0,))
+    ho, wo = crop_offsets(lab.shape[0], lab.shape[1], th, tw, False, None)
+    return lab[ho:ho + th, wo:wo + tw]
+
+
+def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: Sequence[float] = DEFAULT_MEAN,
+              scale: float = 1.0, input_name: Optional[str] = None, feeds: Optional[Dict[str, object]] = None,
+              embeddings: Sequence[str] = (), fit: bool = True, label=None, resize: bool = False) -> List[Path]:
+    """Run ``net`` on one image and write the blobs; see the module docstring. Returns the files written.
+
+    ``label``: optional label map file (palette/grey PNG or ``.npy``) for a
+    ``label`` input or the 4th channel of a 4-channel image input;
+    ``resize``: scale the image to the input's ``H x W`` instead of padding/cropping.
+    Inputs other than the image are derived (:mod:`.deploy_inputs`) unless fed.
+    """
+    from ..pipeline.palette import save_palette_png
+    from . import deploy_inputs as D
+
+    feeds = dict(feeds or {})
+    input_name = _pick_image_input(net, input_name, feeds)
     unknown = [k for k in feeds if k not in net.inputs or k == input_name]
     if unknown:
         raise NetError(f"--feed {unknown}: not other inputs of net '{net.name}' (inputs: {net.inputs}, "
                        f"image input: {input_name})")
-    missing = [k for k in net.inputs if k != input_name and k not in feeds]
+    shape = net.input_shapes[input_name]
+    if len(shape) != 4:
+        raise ShapeError(f"input {input_name!r} has shape {list(shape)}; run feeds images to 4-D (N,C,H,W) inputs")
+    with_label_channel = shape[1] == 4
+    missing = [k for k in net.inputs if k != input_name and k not in feeds and not D.derivable(k)]
     if missing:
         raise NetError(f"net '{net.name}' also needs input(s) {missing} "
                        f"({', '.join(f'{k} {list(net.input_shapes[k])}' for k in missing)}); "
                        f"give them with --feed NAME=FILE.npy")
-    shape = net.input_shapes[input_name]
-    if len(shape) != 4:
-        raise ShapeError(f"input {input_name!r} has shape {list(shape)}; run feeds images to 4-D (N,C,H,W) inputs")
-    data, valid = prepare_image(image, shape[1], (shape[2], shape[3]) if fit else None, mean, scale)
-    inputs = {input_name: torch.from_numpy(data)}
+    size = (shape[2], shape[3]) if fit or resize else None
+    data, valid = prepare_image(image, 3 if with_label_channel else shape[1], size, mean, scale, resize=resize)
+    hw = tuple(data.shape[2:])
+    lab = None
+    if label is not None:
+        lab = _fit_label(_read_label(label), size, resize)
+        if size is None and tuple(lab.shape) != hw:
+            raise ShapeError(f"--label {label}: {lab.shape[0]}x{lab.shape[1]} but the image is {hw[0]}x{hw[1]}")
+        if not with_label_channel and not any(k in D.LABEL_INPUTS for k in net.inputs):
+            raise NetError(f"--label: net '{net.name}' has no label input (inputs: {net.inputs})")
+    if with_label_channel:
+        chan = np.full(hw, D.IGNORE_LABEL, np.float32) if lab is None else lab.astype(np.float32)
+        data = np.concatenate([data, chan[None, None]], axis=1)
+    device = net._device()
+    dtype = net.dtype
+    inputs = {input_name: torch.from_numpy(data).to(device=device, dtype=dtype)}
     for k, v in feeds.items():
         if not isinstance(v, (np.ndarray, torch.Tensor)):
             try:
                 v = np.load(v, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise DataError(f"--feed {k}={v}: cannot read the .npy file: {e}") from None
-        inputs[k] = v
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    inputs = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v).to(device) for k, v in inputs.items()}
-    with torch.no_grad():
+        inputs[k] = torch.as_tensor(D.check_fed(net, k, np.asarray(v), input_name, hw)).to(device=device, dtype=dtype)
+    derived, later = D.derive_inputs(net, input_name, inputs[input_name], lab, inputs)
+    inputs.update({k: torch.as_tensor(v).to(device=device, dtype=dtype) for k, v in derived.items()})
+    if later:
+        inputs.update(D.second_pass_inputs(net, inputs, later))
+    with torch.inference_mode():
         net(**inputs)
     names = list(blobs) if blobs else list(net.outputs)
     unknown = [b for b in names if b not in net.blobs]
@@ -272,7 +332,7 @@ def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: 
         raise NetError(f"--embedding {unknown}: not among the blobs saved ({', '.join(names)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    in_hw = tuple(data.shape[2:])
+    in_hw = hw
     written: List[Path] = []
     for name in names:
         arr = net.blobs[name].detach().to("cpu").numpy()
@@ -302,15 +362,41 @@ def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: 
     return written
 
 
+
+
+def _read_label(path) -> np.ndarray:
+    """A label map: ``.npy`` (2-D) or a palette / grey PNG (indices)."""
+    from ..pipeline.palette import read_label_png
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--label {path}: no such file")
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"--label {path}: cannot read the .npy file: {e}") from None
+        arr = np.squeeze(arr)
+        if arr.ndim != 2:
+            raise ShapeError(f"--label {path}: a 2-D label map expected, got shape {list(arr.shape)}")
+        return arr
+    return np.asarray(read_label_png(p))
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "run", help="run a deploy net on one image; save blobs as .npy and label/embedding PNGs",
-        description="Run a deploy net on one image (preprocessed like the fork's TEST transform) and save "
-                    "the chosen blobs.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "run", help="run a deploy net on images; save blobs as .npy and label/embedding PNGs",
+        description="Run a deploy net on one or more images (preprocessed like the fork's TEST transform) and "
+                    "save the chosen blobs. The original embs/vgg/res deploy nets' other inputs are derived "
+                    "(see below).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("net", metavar="NET", help="deploy prototxt or checkpoint .pt")
     p.add_argument("weights", metavar="WEIGHTS", nargs="?", default=None,
                    help=".caffemodel, .caffemodel.h5 or checkpoint .pt")
-    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, ...)")
+    p.add_argument("--image", "--images", dest="images", required=True, nargs="+", action="extend",
+                   metavar="IMG", help="image file(s) (JPEG, PNG, ...); with several, one subfolder of --out each")
+    p.add_argument("--label", "--labels", dest="labels", nargs="+", action="extend", default=None, metavar="LABEL",
+                   help="label map(s) (palette/grey PNG or 2-D .npy), one per image, for a 'label' input or "
+                        "the 4th channel of a 4-channel input (embs); default 255 (ignore)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the outputs (created)")
     p.add_argument("--blobs", default=None, metavar="B1,B2",
                    help="blobs to save (default: the net outputs)")
@@ -319,27 +405,49 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         + ",".join(str(m) for m in DEFAULT_MEAN) + " for 3-channel inputs, 0 for grey; 0: none)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplier after mean subtraction (default 1)")
     p.add_argument("--input-name", default=None, metavar="NAME",
-                   help="net input that takes the image (default: 'data', or the only input)")
+                   help="net input that takes the image (default: 'data' / 'image_data', or the only input)")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="value of another net input, from a .npy file (repeatable)")
+                   help="value of another net input, from a .npy file (repeatable; shape checked)")
     p.add_argument("--embedding", action="append", default=[], metavar="NAME",
                    help="save this blob as a PCA RGB image (repeatable; comma lists allowed)")
-    p.add_argument("--no-fit", action="store_true",
-                   help="feed the image at its own size instead of padding/cropping it to the input shape")
+    fit = p.add_mutually_exclusive_group()
+    fit.add_argument("--no-fit", action="store_true",
+                     help="feed the image at its own size instead of padding/cropping it to the input shape")
+    fit.add_argument("--resize", action="store_true",
+                     help="resize the image (bilinear; label maps nearest) to the input's HxW instead of "
+                          "padding/cropping")
     p.add_argument("--phase", choices=("TRAIN", "TEST"), type=str.upper, default=None,
                    help="phase the net is built in (default TEST)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--lenient", action="store_true",
+                   help="load weights that do not fit the net: layers that do not fit keep their filler values")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_define_option(p)
     p.set_defaults(func=run)
     return p
 
 
+def _out_dirs(images: Sequence[str], out: str) -> List[Path]:
+    """``out`` for one image; ``out/<stem>`` for several (``<n>_<stem>`` where stems repeat)."""
+    if len(images) == 1:
+        return [Path(out)]
+    stems = [safe_name(Path(i).stem) for i in images]
+    return [Path(out) / (s if stems.count(s) == 1 else f"{n}_{s}") for n, s in enumerate(stems)]
+
+
 def run(args) -> int:
-    from .open_net import open_net
+    from tqdm import tqdm
+
+    from .common import open_cli_net, resolve_defines
 
     device = check_device(args.device)
-    if not Path(args.image).is_file():
-        raise DataError(f"{args.image}: no such image file")
+    for img in args.images:
+        if not Path(img).is_file():
+            raise DataError(f"{img}: no such image file")
+    labels = args.labels or [None] * len(args.images)
+    if len(labels) != len(args.images):
+        raise CaffeCompatError(f"--label: {len(labels)} label map(s) for {len(args.images)} image(s); "
+                               f"give one per image")
     feeds = {}
     for item in args.feed:
         if "=" not in item:
@@ -349,9 +457,16 @@ def run(args) -> int:
     embeddings = [e.strip() for item in args.embedding for e in item.split(",") if e.strip()]
     blobs = [b.strip() for b in args.blobs.split(",") if b.strip()] if args.blobs else None
     mean = None if args.mean is None else parse_floats(args.mean, "--mean")
-    net = open_net(args.net, args.weights, phase=args.phase, defines=parse_defines(args.define), device=device)
-    written = run_image(net, args.image, args.out, blobs=blobs, mean=mean, scale=args.scale,
-                        input_name=args.input_name, feeds=feeds, embeddings=embeddings, fit=not args.no_fit)
-    for p in written:
-        print(f"wrote {p}")
+    net = open_cli_net(args.net, args.weights, phase=args.phase, defines=resolve_defines(args, args.net),
+                       device=device, lenient=args.lenient)
+    net.eval()
+    if blobs is None:
+        net.free_blobs = True   # only the outputs are saved: drop intermediates as soon as they are used
+    jobs = list(zip(args.images, labels, _out_dirs(args.images, args.out)))
+    for img, lab, out in tqdm(jobs, desc="run", unit="image", disable=args.no_progress or len(jobs) < 2):
+        written = run_image(net, img, out, blobs=blobs, mean=mean, scale=args.scale, input_name=args.input_name,
+                            feeds=feeds, embeddings=embeddings, fit=not args.no_fit, label=lab,
+                            resize=args.resize)
+        for p in written:
+            tqdm.write(f"wrote {p}")
     return 0

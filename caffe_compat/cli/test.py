@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import CaffeCompatError, DataError, NetError
-from . import add_define_option, check_device, parse_defines
+from . import add_define_option, check_device
+from .common import build_net, load_weights, resolve_defines
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +92,18 @@ def _rank_world():
 def run_test(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..net import Net
-
     rank, world = _rank_world()
     if world < 1 or not 0 <= rank < world:
         raise CaffeCompatError(f"RANK={rank} / WORLD_SIZE={world} from the environment are not a valid shard")
     device = check_device(args.device)
     if device.startswith("cuda") and world > 1 and ":" not in device:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    net = Net(args.prototxt, phase="TEST", defines=parse_defines(args.define))
-    report = net.load_weights(args.weights, strict=False)
-    if report.mismatched:
-        raise NetError(f"{args.weights}: weights do not fit {args.prototxt}:\n{report.describe()}")
-    for name in report.missing:
-        log.warning("layer '%s' is not in %s: it keeps its filler values (as caffe test does)", name, args.weights)
+    net = build_net(args.prototxt, phase="TEST", defines=resolve_defines(args, args.prototxt))
+    # As caffe test: layers the file lacks keep their fillers (logged); shape mismatches are errors.
+    load_weights(net, args.weights, args.prototxt, lenient=True, strict_mismatch=True)
     net.to(device)
     net.eval()
+    net.free_blobs = True   # only the outputs are read after a forward: drop intermediates early
     data_layers = [l for l in net.layers if hasattr(l, "read_batch_at")]
     writers = [l for l in net.layers if hasattr(l, "set_prefix") and hasattr(l, "filename")]
     if len(data_layers) != 1:
@@ -151,7 +148,7 @@ def run_test(args: argparse.Namespace) -> int:
         log.info("%d of %d iterations already have their features: skipped", skipped, len(mine))
     loader = DataLoader(_Batches(data, todo), batch_size=None, shuffle=False, num_workers=max(args.workers, 0))
     sums = {}
-    with torch.no_grad():
+    with torch.inference_mode():
         for i, tops in tqdm(loader, total=len(todo), disable=args.no_progress or not todo,
                             desc=f"test rank {rank}/{world}" if world > 1 else "test", unit="it"):
             if isinstance(tops, CaffeCompatError):
