@@ -307,7 +307,7 @@ def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: 
     if with_label_channel:
         chan = np.full(hw, D.IGNORE_LABEL, np.float32) if lab is None else lab.astype(np.float32)
         data = np.concatenate([data, chan[None, None]], axis=1)
-    device = net._device()
+    device = net.device
     dtype = net.dtype
     inputs = {input_name: torch.from_numpy(data).to(device=device, dtype=dtype)}
     for k, v in feeds.items():
