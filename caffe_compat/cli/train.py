@@ -97,6 +97,12 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         if distributed:
             import torch.distributed as dist
+            # wait for every rank (rank 0 may still be writing the last snapshot): tearing gloo down
+            # while a peer is still connected aborted a worker under load ("terminate called ...")
+            try:
+                dist.barrier()
+            except Exception:  # a peer already failed; its error is the one to report
+                pass
             dist.destroy_process_group()
 
 

@@ -39,14 +39,13 @@ from ..ops.dist_loss import dist_loss
 from ..ops.im2col import im2col
 from ..nn import functional as segaware_functional
 from ..ops.im2parity import im2parity
+from ..ops.scalars import FLT_MAX  # the fork's initial value of a MAX reduction is -FLT_MAX
 from ._common import check_4d, optional_int, positive_int
 from .base import Layer, register_layer
 from .geometry import parse_conv_geometry
 
 __all__ = ["Im2col", "Im2dist", "Im2parity", "DistLoss", "ChannelReduce"]
 
-#: float32 ``FLT_MAX`` (the fork's initial value of a MAX reduction is ``-FLT_MAX``).
-FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 class _WindowLayer(Layer):

@@ -262,7 +262,9 @@ class Solver:
             if display and self.is_root:
                 log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
                 if log.isEnabledFor(logging.INFO):
-                    _log_outputs("Train", {k: self.net.blobs[k].detach() for k in self.net.outputs},
+                    # (outputs of the last forward; none when step() was fed losses without one)
+                    _log_outputs("Train", {k: self.net.blobs[k].detach() for k in self.net.outputs
+                                           if k in self.net.blobs},
                                  self.net.loss_weights)
                 log.info("Iteration %d, lr = %.6g", self.iter, self.lr)
             self.iter += 1
