@@ -48,6 +48,12 @@ VGG_LAYERS = {
 }
 CONV_IMPLS = ("caffe", "unfold", "fused", "conv2d")
 CRF_IMPLS = ("unfold", "fused")
+#: with --cuda (a GPU): ``cuda`` = the fused op on CUDA tensors (the kernels of caffe_compat/kernels
+#: behind caffe_compat/ops/dispatch.py), ``cudnn`` = F.conv2d of the same shape on the GPU (its floor)
+CUDA_CONV_IMPLS = ("cuda", "cudnn")
+CUDA_CRF_IMPLS = ("cuda",)
+#: what a CUDA impl runs, on the GPU
+_ON_GPU = {"cuda": "fused", "cudnn": "conv2d"}
 
 
 def conv_cases(quick: bool):
@@ -95,6 +101,8 @@ def _conv_setup(spec, impl):
     from caffe_compat.ops.segaware_conv import segaware_conv2d, segaware_conv2d_unfold
     from caffe_compat.ops.window import Window
     C, O, S, dil, N = spec["C"], spec["O"], spec["S"], spec["dil"], spec["N"]
+    dev = "cuda" if impl in _ON_GPU else "cpu"
+    impl = _ON_GPU.get(impl, impl)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, C, S, S, generator=g)
     if spec["denormal"]:  # exp(-λd) on embeddings scaled x50: many values underflow to subnormals
@@ -103,6 +111,7 @@ def _conv_setup(spec, impl):
         mask = torch.exp(-torch.rand(N, 9, S, S, generator=g) * 2)
     w = torch.randn(O, C, 3, 3, generator=g) * 0.05
     b = torch.randn(O, generator=g)
+    x, mask, w, b = (t.to(dev) for t in (x, mask, w, b))
     win = Window((3, 3), (1, 1), (dil, dil), (dil, dil))
     if impl == "caffe":
         net = _caffe_chain(C, O, S, dil, N)
@@ -165,14 +174,16 @@ def _crf_setup(spec, impl):
 
     import caffe_compat.nn as cnn
     C, S, N = spec["C"], spec["S"], spec["N"]
+    dev = "cuda" if impl in _ON_GPU else "cpu"
+    impl = _ON_GPU.get(impl, impl)
     g = torch.Generator().manual_seed(0)
-    unary = torch.randn(N, C, S, S, generator=g).requires_grad_(True)
+    unary = torch.randn(N, C, S, S, generator=g).to(dev).requires_grad_(True)
     yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
     xy = torch.stack([xx, yy])[None].expand(N, 2, S, S)
-    feat_b = torch.cat([torch.rand(N, 3, S, S, generator=g) * 255 * 0.13, xy * 0.05], 1).requires_grad_(True)
-    feat_s = (xy * 0.05).contiguous().requires_grad_(True)
-    crf = cnn.MeanfieldCRF(C)
-    kc = -torch.eye(C, requires_grad=True)
+    feat_b = torch.cat([torch.rand(N, 3, S, S, generator=g) * 255 * 0.13, xy * 0.05], 1).to(dev).requires_grad_(True)
+    feat_s = (xy * 0.05).contiguous().to(dev).requires_grad_(True)
+    crf = cnn.MeanfieldCRF(C).to(dev)
+    kc = (-torch.eye(C)).to(dev).requires_grad_(True)
     if impl == "fused":
         fn = lambda: crf(unary, feat_b, feat_s)  # noqa: E731
     else:
@@ -187,29 +198,49 @@ def _crf_setup(spec, impl):
 def _child(spec: dict, impl: str, repeat: int, threads: int) -> dict:
     import torch
     torch.set_num_threads(threads)
+    gpu = impl in _ON_GPU
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit(f"impl {impl!r} needs a CUDA device; none is visible")
     run, _, back = (_conv_setup if spec["kind"] == "conv" else _crf_setup)(spec, impl)
-    base = _rss_mb()
+
+    def sync():  # GPU work is asynchronous: time it to completion
+        if gpu:
+            torch.cuda.synchronize()
+
+    def used_mb():  # extra peak: process RSS on CPU, the allocator's peak on the GPU
+        if gpu:
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+        return _rss_mb()
+
+    if gpu:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2 ** 20 if gpu else _rss_mb()
     out = {}
     y = run(False)
+    sync()
     out_mb = y.numel() * y.element_size() / 2 ** 20
-    fwd_peak = _rss_mb() - base
+    fwd_peak = used_mb() - base
     del y
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         run(False)
+        sync()
         times.append(time.perf_counter() - t0)
     out["fwd"] = {"ms": statistics.median(times) * 1e3, "peak_mb": fwd_peak, "out_mb": out_mb}
     y = run(True)
     back(y)
     del y
-    fb_peak = _rss_mb() - base
+    sync()
+    fb_peak = used_mb() - base
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         y = run(True)
         back(y)
         del y
+        sync()
         times.append(time.perf_counter() - t0)
     out["fwdbwd"] = {"ms": statistics.median(times) * 1e3, "peak_mb": fb_peak, "out_mb": out_mb}
     return out
@@ -223,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed calls per measurement (after a warm-up)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--cases", default="", help="comma-separated substrings selecting cases")
+    ap.add_argument("--cuda", action="store_true",
+                    help="also the GPU impls: cuda (the fused op's kernels) and cudnn (conv2d of the same shape)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -241,7 +274,16 @@ def main(argv=None) -> int:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda it, **k: it  # noqa: E731
-    jobs = [(c, i) for c, spec in cases.items() for i in (CONV_IMPLS if spec["kind"] == "conv" else CRF_IMPLS)]
+    if args.cuda:
+        import torch
+        if not torch.cuda.is_available():
+            log.error("--cuda: no CUDA device is visible")
+            return 2
+
+    def impls(spec):
+        conv = spec["kind"] == "conv"
+        return (CONV_IMPLS if conv else CRF_IMPLS) + ((CUDA_CONV_IMPLS if conv else CUDA_CRF_IMPLS) if args.cuda else ())
+    jobs = [(c, i) for c, spec in cases.items() for i in impls(spec)]
     for case, impl in tqdm(jobs, desc="bench", file=sys.stderr):
         r = subprocess.run([sys.executable, __file__, "--child", json.dumps([cases[case], impl]),
                             "--repeat", str(args.repeat), "--threads", str(args.threads)],
@@ -263,18 +305,23 @@ def main(argv=None) -> int:
 
 
 def format_table(results: dict, out_mb: dict, threads: int) -> str:
-    impls = [i for i in ("caffe", "unfold", "fused", "conv2d") if any(i in r for r in results.values())]
-    head = ["case", "out MB"] + [f"{i} ms" for i in impls] + [f"{i} peak MB" for i in impls] + ["fused/floor"]
+    impls = [i for i in CONV_IMPLS + CUDA_CONV_IMPLS if any(i in r for r in results.values())]
+    gpu = any("cuda" in r for r in results.values())
+    head = (["case", "out MB"] + [f"{i} ms" for i in impls] + [f"{i} peak MB" for i in impls] + ["fused/floor"]
+            + (["cuda/floor"] if gpu else []))
     rows = [head]
     for case, r in results.items():
         floor = r.get("conv2d", r.get("unfold"))
         ratio = (f"{r['fused']['ms'] / floor['ms']:.2f}x" if "fused" in r and floor else "")
+        gfloor = r.get("cudnn")
+        gratio = [f"{r['cuda']['ms'] / gfloor['ms']:.2f}x" if "cuda" in r and gfloor else ""] if gpu else []
         rows.append([case, f"{out_mb[case]:.1f}"] + [f"{r[i]['ms']:.1f}" if i in r else "" for i in impls]
-                    + [f"{r[i]['peak_mb']:.1f}" if i in r else "" for i in impls] + [ratio])
+                    + [f"{r[i]['peak_mb']:.1f}" if i in r else "" for i in impls] + [ratio] + gratio)
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines.append(f"(torch threads: {threads}; fused/floor = fused ms / conv2d ms, CRF: fused ms / unfold ms)")
+    lines.append(f"(torch threads: {threads}; fused/floor = fused ms / conv2d ms, CRF: fused ms / unfold ms"
+                 + ("; cuda/floor = cuda ms / cudnn ms; GPU peaks are the allocator's)" if gpu else ")"))
     return "\n".join(lines)
 
 
