@@ -96,6 +96,34 @@ def test_run_pads_small_image_and_writes_files(tmp_path, tiny, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_run_saves_attention_masks_of_embedding_blobs(tmp_path, tiny, caplog):
+    import math
+
+    proto, weights, net = tiny
+    img = _image(tmp_path, _rgb_3x3())
+    out = tmp_path / "out"
+    assert cli.main(["run", str(proto), str(weights), "--image", str(img), "--out", str(out), "--blobs", "emb",
+                     "--mask-point", "1,1", "--mask-point", "0,2", "--mask-window", "3", "--mask-scale", "0.01",
+                     "--no-progress"]) == 0
+    emb = np.load(out / "emb.npy")[0, :, :3, :3].astype(np.float64)
+    up = 160 // 3
+    for j, (y, x) in enumerate([(1, 1), (0, 2)]):
+        with Image.open(out / f"emb_mask_{j}.png") as im:
+            m = np.asarray(im)[::up, ::up, 0]
+        assert m.shape == (3, 3)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                q = (y + dy, x + dx)
+                inside = 0 <= q[0] < 3 and 0 <= q[1] < 3
+                want = math.exp(-0.01 * np.abs(emb[:, y, x] - emb[:, q[0], q[1]]).sum()) if inside else 0.0
+                assert m[dy + 1, dx + 1] == round(255 * want), (j, dy, dx)
+    for bad, msg in ((["--mask-point", "1"], "Y,X"), (["--mask-point", "1,1", "--mask-window", "4"], "odd")):
+        caplog.clear()
+        assert cli.main(["run", str(proto), str(weights), "--image", str(img), "--out", str(out), "--blobs", "emb",
+                         *bad]) != 0
+        assert msg in caplog.text
+
+
 def test_run_default_blobs_score_argmax_and_crop_of_large_image(tmp_path, tiny):
     proto, weights, net = tiny
     rng = np.random.default_rng(0)

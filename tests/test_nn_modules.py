@@ -146,14 +146,21 @@ GEOMETRIES = [  # kernel, stride, pad, dilation, groups, H, W
 
 
 @pytest.mark.parametrize("geom", GEOMETRIES)
-@pytest.mark.parametrize("tile_elements", [1 << 20, 1])
-def test_fused_conv_equals_unfold_forward_and_backward(geom, tile_elements, monkeypatch):
-    monkeypatch.setattr(segaware_conv, "TILE_ELEMENTS", tile_elements)  # 1: one output row per tile
+@pytest.mark.parametrize("tiling", ["batch", "two_images", "image", "two_rows", "row"])
+def test_fused_conv_equals_unfold_forward_and_backward(geom, tiling, monkeypatch):
     k, s, p, d, g, H, W = geom
     win = Window(k, s, p, d)
-    torch.manual_seed(1)
     ho, wo = win.output_size(H, W)
-    args = [torch.randn(2, 4, H, W, dtype=torch.float64), torch.rand(2, win.taps, ho, wo, dtype=torch.float64),
+    per_image = 4 * win.taps * ho * wo               # masked columns of one image
+    tile_elements = {"batch": 1 << 20, "two_images": 2 * per_image, "image": per_image,
+                     "two_rows": 2 * 4 * win.taps * wo, "row": 1}[tiling]
+    monkeypatch.setattr(segaware_conv, "TILE_ELEMENTS", tile_elements)
+    N = 3                                             # two_images: a tile of 2 and a tile of 1
+    want = {"batch": (N, ho), "two_images": (2, ho), "image": (1, ho), "two_rows": (1, min(2, ho)),
+            "row": (1, 1)}[tiling]
+    assert segaware_conv._tile_shape(N, 4 * win.taps, ho, wo, N * 6 * ho * wo) == want
+    torch.manual_seed(1)
+    args = [torch.randn(N, 4, H, W, dtype=torch.float64), torch.rand(N, win.taps, ho, wo, dtype=torch.float64),
             torch.randn(6, 4 // g, *k, dtype=torch.float64), torch.randn(6, dtype=torch.float64)]
     for a in args:
         a.requires_grad_(True)

@@ -73,17 +73,25 @@ def _types(path: Path) -> set:
     return {lp.type for lp in pt.parse_net(text, str(path), {n: 1 for n in re.findall(r"\$\{(\w+)\}", text)}).layer}
 
 
+def _no_grad_layers(net):
+    return [layer for layer, blobs in net.params.items()
+            if blobs[0].requires_grad and (blobs[0].grad is None or not bool(blobs[0].grad.abs().sum() > 0))]
+
+
 def _sgd_losses(net, lr, steps=20):
+    """Losses of ``steps`` SGD steps, and the learnable layers without a gradient at the first one."""
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    losses = []
+    losses, no_grad = [], None
     for _ in range(steps):
         opt.zero_grad()
         net()
         net.loss.backward()
+        if no_grad is None:
+            no_grad = _no_grad_layers(net)
         opt.step()
         losses.append(float(net.loss.detach()))
-    return losses
+    return losses, no_grad
 
 
 #: SGD learning rates of the loop below: the embedding net sees 0..255-scale BGR and starts with
@@ -101,12 +109,12 @@ def test_train_net_learns(name, data, tmp_path):
             for layer, blobs in net.params.items():
                 if layer.startswith("weighted_"):
                     blobs[0].fill_(0.02)
-    losses = _sgd_losses(net, LR[name])
+    losses, no_grad = _sgd_losses(net, LR[name])
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
-    # every learnable layer got a gradient (the masks and the CRF are on the path of the loss)
-    no_grad = [layer for layer, blobs in net.params.items()
-               if blobs[0].requires_grad and (blobs[0].grad is None or not bool(blobs[0].grad.abs().sum() > 0))]
+    # every learnable layer gets a gradient (the masks and the CRF are on the path of the loss); checked
+    # at the first step: 20 steps at these rates may drive the learned embeddings so far apart that
+    # every mask is 0 (then the mask scales rightly get none), which depends on rounding order
     assert no_grad == []
     if name == "segaware_crf":
         assert tuple(net.blobs["xy"].shape) == (2, 2, HALF, HALF)
@@ -156,5 +164,5 @@ def test_solvers_parse_and_point_at_their_nets():
         sp = pt.parse_solver(path.read_text(), str(path), {"OUT_DIR": "/tmp/x"})
         assert (CONFIGS / sp.train_net).is_file()
         assert sp.train_net == f"{name}_train.prototxt"
-        assert sp.type == ("Adam" if name == "embs" else "SGD")
+        assert sp.type == "Adam" and sp.lr_policy == ("fixed" if name == "embs" else "poly")
         assert sp.snapshot_prefix == f"/tmp/x/{name}" and sp.max_iter > 0 and sp.base_lr > 0

@@ -48,11 +48,16 @@ def _defines(data: Path, out: Path, crop: int, batch: int, **extra) -> Dict[str,
 
 
 def train(name: str, defines: Dict[str, object], weights: Sequence[Path] = (), iters: Optional[int] = None,
-          progress: bool = True) -> Path:
-    """Train ``configs/scenes/<name>_solver.prototxt``; returns the final caffemodel."""
+          progress: bool = True, prefix: Optional[str] = None) -> Path:
+    """Train ``configs/scenes/<name>_solver.prototxt``; returns the final caffemodel.
+
+    ``prefix``: another snapshot_prefix (the controls train the same solver under another name).
+    """
     from caffe_compat.solver import Solver
 
     overrides = {} if iters is None else {"max_iter": iters, "snapshot": iters}
+    if prefix is not None:
+        overrides["snapshot_prefix"] = prefix
     solver = Solver(CONFIGS / f"{name}_solver.prototxt", defines, overrides=overrides)
     for w in weights:
         for net in [solver.net] + solver.test_nets:
@@ -106,6 +111,7 @@ def table(results: Dict[str, dict], radii: Sequence[float]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from caffe_compat.atomic import atomic_write
     from caffe_compat.datasets.scenes import SceneConfig, write_scenes
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,6 +122,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
     p.add_argument("--radius", type=float, action="append", help="boundary radii (default 1 and 3)")
     p.add_argument("--only", choices=("embs",) + VARIANTS, action="append", help="train only these (repeatable)")
+    p.add_argument("--controls", action="store_true",
+                   help="also train and score the controls of the CRF's extra iterations: segaware_more (the "
+                        "segaware net trained on for segaware_crf's max_iter, no CRF) and plain_more (likewise)")
+    p.add_argument("--ship", action="store_true",
+                   help="copy the final caffemodels to configs/scenes/<net>.caffemodel (what `caffe-compat demo` loads)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -148,6 +159,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "segaware_crf" in todo:
         model["segaware_crf"] = train("segaware_crf", defs, [previous("segaware")], **kw)
     results = {v: evaluate(v, previous(v), data, work, radii) for v in VARIANTS if v in todo}
+    if args.controls:
+        from caffe_compat.solver.config import read_solver
+
+        more = args.iters or read_solver(CONFIGS / "segaware_crf_solver.prototxt", defs).param.max_iter
+        for v in ("plain", "segaware"):
+            w = train(v, defs, [previous(v)], iters=more, progress=kw["progress"], prefix=str(snaps / f"{v}_more"))
+            results[f"{v}_more"] = evaluate(v, w, data, work, radii)
+    if results:
+        atomic_write(work / f"results_{'_'.join(results)}.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
+    if args.ship:
+        for name in ("embs",) + VARIANTS:
+            src = previous(name)
+            atomic_write(CONFIGS / f"{name}.caffemodel", lambda tmp, src=src: shutil.copyfile(src, tmp))
+            log.info("shipped %s as %s", src, CONFIGS / f"{name}.caffemodel")
     print(table(results, radii))
     print(f"\n(val: {args.val} scenes; total wall time {time.time() - t0:.0f} s)")
     return 0

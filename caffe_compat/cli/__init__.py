@@ -16,7 +16,7 @@ import torch
 from ..errors import CaffeCompatError
 
 #: sub-command modules, in the order ``--help`` lists them
-COMMANDS = ("info", "test", "train", "gen_preds", "evaluate", "convert", "export", "run")
+COMMANDS = ("info", "test", "train", "gen_preds", "evaluate", "convert", "export", "run", "demo")
 
 log = logging.getLogger("caffe_compat.cli")
 

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from . import add_define_option, check_device
+from ..pipeline.pictures import pca_image  # noqa: F401  (re-exported: run saved PCA images first)
 from ..errors import CaffeCompatError, DataError, NetError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -188,33 +189,6 @@ def label_map(blob: np.ndarray) -> Optional[np.ndarray]:
     return None
 
 
-def pca_image(emb: np.ndarray) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB of a ``C x H x W`` embedding: first 3 principal components, each to 0..255.
-
-    Components are the right singular vectors of the centred ``(H*W) x C``
-    matrix (NumPy SVD, float64); each one's sign is chosen so its largest
-    absolute loading is positive (deterministic output).  A component with no
-    spread (or missing, when C < 3 or H*W < 3) is 0.
-    """
-    c, h, w = emb.shape
-    x = emb.reshape(c, h * w).T.astype(np.float64)
-    x = x - x.mean(axis=0, keepdims=True)
-    out = np.zeros((h * w, 3), dtype=np.float64)
-    if np.all(np.isfinite(x)) and x.size:
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        k = min(3, vt.shape[0])
-        comps = vt[:k]
-        signs = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
-        signs[signs == 0] = 1
-        proj = x @ (comps * signs[:, None]).T
-        for j in range(k):
-            col = proj[:, j]
-            lo, hi = col.min(), col.max()
-            if hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):
-                out[:, j] = (col - lo) / (hi - lo) * 255.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(h, w, 3)
-
-
 def save_rgb_png(path: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
@@ -268,13 +242,18 @@ def _fit_label(label: np.ndarray, size: Optional[Tuple[int, int]], resize: bool)
 
 def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: Sequence[float] = DEFAULT_MEAN,
               scale: float = 1.0, input_name: Optional[str] = None, feeds: Optional[Dict[str, object]] = None,
-              embeddings: Sequence[str] = (), fit: bool = True, label=None, resize: bool = False) -> List[Path]:
+              embeddings: Sequence[str] = (), fit: bool = True, label=None, resize: bool = False,
+              mask_points: Sequence[Tuple[int, int]] = (), mask_window: int = 21,
+              mask_scale: float = 1.0) -> List[Path]:
     """Run ``net`` on one image and write the blobs; see the module docstring. Returns the files written.
 
     ``label``: optional label map file (palette/grey PNG or ``.npy``) for a
     ``label`` input or the 4th channel of a 4-channel image input;
     ``resize``: scale the image to the input's ``H x W`` instead of padding/cropping.
     Inputs other than the image are derived (:mod:`.deploy_inputs`) unless fed.
+    ``mask_points``: ``(y, x)`` pixels of the embedding blobs whose local attention masks
+    ``exp(-|mask_scale * L1 distance|)`` over ``mask_window``² neighbours are saved as
+    ``<blob>_mask_<j>.png`` (white = 1, scaled up; :func:`caffe_compat.pipeline.pictures.masks_at`).
     """
     from ..pipeline.palette import save_palette_png
     from . import deploy_inputs as D
@@ -350,6 +329,15 @@ def run_image(net, image, out_dir, blobs: Optional[Sequence[str]] = None, mean: 
                 p = out_dir / (f"{base}.png" if n == 1 else f"{base}_{i}.png")
                 save_rgb_png(p, pca_image(img))
                 written.append(p)
+                if mask_points:
+                    from ..pipeline.pictures import masks_at
+
+                    up = max(1, 160 // mask_window)
+                    for j, m in enumerate(masks_at(img, mask_points, mask_window, mask_scale)):
+                        q = out_dir / (f"{base}_mask_{j}.png" if n == 1 else f"{base}_{i}_mask_{j}.png")
+                        g = np.rint(255 * m).astype(np.uint8).repeat(up, 0).repeat(up, 1)
+                        save_rgb_png(q, np.stack([g] * 3, -1))
+                        written.append(q)
             continue
         labels = label_map(arr)
         if labels is None:
@@ -410,6 +398,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="value of another net input, from a .npy file (repeatable; shape checked)")
     p.add_argument("--embedding", action="append", default=[], metavar="NAME",
                    help="save this blob as a PCA RGB image (repeatable; comma lists allowed)")
+    p.add_argument("--mask-point", action="append", default=[], metavar="Y,X",
+                   help="also save the local attention mask of this pixel of every embedding blob "
+                        "(<blob>_mask_<j>.png; repeatable)")
+    p.add_argument("--mask-window", type=int, default=21, help="side of the saved masks (odd, default 21)")
+    p.add_argument("--mask-scale", type=float, default=1.0,
+                   help="lambda of the saved masks exp(-lambda * L1 distance) (default 1)")
     fit = p.add_mutually_exclusive_group()
     fit.add_argument("--no-fit", action="store_true",
                      help="feed the image at its own size instead of padding/cropping it to the input shape")
@@ -455,6 +449,16 @@ def run(args) -> int:
         k, v = item.split("=", 1)
         feeds[k.strip()] = v
     embeddings = [e.strip() for item in args.embedding for e in item.split(",") if e.strip()]
+    mask_points = []
+    for item in args.mask_point:
+        vals = parse_floats(item, "--mask-point")
+        if len(vals) != 2 or any(v != int(v) or v < 0 for v in vals):
+            raise CaffeCompatError(f"--mask-point expects Y,X (two non-negative integers), got {item!r}")
+        mask_points.append((int(vals[0]), int(vals[1])))
+    if args.mask_window < 1 or args.mask_window % 2 == 0 or args.mask_window > 63:
+        raise CaffeCompatError(f"--mask-window must be an odd number in 1..63, got {args.mask_window}")
+    if not np.isfinite(args.mask_scale):
+        raise CaffeCompatError(f"--mask-scale must be finite, got {args.mask_scale}")
     blobs = [b.strip() for b in args.blobs.split(",") if b.strip()] if args.blobs else None
     mean = None if args.mean is None else parse_floats(args.mean, "--mean")
     net = open_cli_net(args.net, args.weights, phase=args.phase, defines=resolve_defines(args, args.net),
@@ -466,7 +470,8 @@ def run(args) -> int:
     for img, lab, out in tqdm(jobs, desc="run", unit="image", disable=args.no_progress or len(jobs) < 2):
         written = run_image(net, img, out, blobs=blobs, mean=mean, scale=args.scale, input_name=args.input_name,
                             feeds=feeds, embeddings=embeddings, fit=not args.no_fit, label=lab,
-                            resize=args.resize)
+                            resize=args.resize, mask_points=mask_points, mask_window=args.mask_window,
+                            mask_scale=args.mask_scale)
         for p in written:
             tqdm.write(f"wrote {p}")
     return 0

@@ -19,8 +19,9 @@ K-channel mask over C) -> Convolution bottom_is_im2col`` (the Tile repeats the m
 for every channel: im2col channel ``c*K + k`` is multiplied by mask channel ``k``).
 
 Algorithm (the reference implementation :class:`TorchSegAwareConv`, any device):
-output **row tiles**.  For each image ``n`` and each tile of ``T`` output rows
-``[r0, r1)``:
+output **tiles** of ``T`` output rows ``[r0, r1)`` of one image, or of several whole
+images where one image is small (then every step below is batched over the tile's images).
+For each tile:
 
 1. ``band``: the zero-padded input rows the tile reads, ``(C, Tb, Wb)`` with
    ``Tb = (T-1)*sh + (kh-1)*dh + 1`` and ``Wb = (Wo-1)*sw + (kw-1)*dw + 1``
@@ -32,8 +33,8 @@ output **row tiles**.  For each image ``n`` and each tile of ``T`` output rows
 3. ``y[n, :, r0:r1] = W2 @ cols + b`` with ``W2 = weight.reshape(O, C/g*K)``,
    one GEMM per group (the same GEMM Caffe runs, on a cache-sized slab).
 
-``T`` is chosen so that ``cols`` holds at most :data:`TILE_ELEMENTS` elements and
-at most half of one image's output (at least one row), so the extra peak memory
+A tile is chosen so that ``cols`` holds at most :data:`TILE_ELEMENTS` elements and
+at most half of the output (at least one row; :data:`MIN_TILE_ELEMENTS` always), so the extra peak memory
 stays within one output (forward: ``cols``; backward: ``cols`` and ``G``, each one
 tile; plus the ``band`` buffers, about ``1/K`` of that).  Backward (recomputing ``band`` and
 ``cols`` per tile, never storing them)::
@@ -76,6 +77,10 @@ OP_NAME = "segaware_conv2d"
 #: Upper bound on the elements of one tile's masked columns (``C*K*T*Wo``); read at call time.
 TILE_ELEMENTS = 1 << 22
 
+#: Tiles of up to this many elements are always allowed (256 KiB in float32), whatever the
+#: output's size: below it memory does not matter and per-op overhead does.
+MIN_TILE_ELEMENTS = 1 << 16
+
 
 #: Mask values below ``FLUSH_BELOW * finfo.tiny`` are set to 0: not only subnormal masks but
 #: tiny normal ones too, whose products with image values and weights underflow into
@@ -95,32 +100,44 @@ def flush_subnormal(t: torch.Tensor) -> torch.Tensor:
     return t.masked_fill(small, 0)
 
 
-def _tile_rows(c_k: int, ho: int, wo: int, out_per_image: int) -> int:
+def _tile_shape(n: int, c_k: int, ho: int, wo: int, out_total: int) -> Tuple[int, int]:
+    """``(images, rows)`` of one tile: a tile is ``rows`` output rows of ``images`` images.
+
+    The tile's masked columns (``images * c_k * rows * wo`` elements) stay within
+    :data:`TILE_ELEMENTS` and within half the whole output (the backward holds two tile
+    buffers, ``cols`` and ``G``, so its extra peak stays within one output), except that
+    :data:`MIN_TILE_ELEMENTS` are always allowed and a tile is at least one row.  Only when a
+    whole image fits does a tile span several images.
+    """
     per_row = max(1, c_k * wo)
     # measured (1 thread, 64->64 3x3 at 161^2): 2-row tiles 1.7x slower than 16-32-row tiles; one
-    # whole-image tile is slower again (the slab falls out of cache)
-    # half an output per tile: the backward holds two tile buffers (cols and G), so its extra
-    # peak stays within one output
-    budget = min(TILE_ELEMENTS, max(per_row, out_per_image // 2))
-    return max(1, min(ho, budget // per_row))
+    # whole-image tile is slower again (the slab falls out of cache).  Small images (65^2, batch 8,
+    # 3-16 channels: the scene nets) are the opposite case: per-op overhead dominates, so a tile
+    # gathers whole images.
+    budget = min(TILE_ELEMENTS, max(per_row, out_total // 2, MIN_TILE_ELEMENTS))
+    rows = max(1, min(ho, budget // per_row))
+    images = max(1, min(n, budget // (per_row * ho))) if rows == ho else 1
+    return images, rows
 
 
 class _Tiler:
-    """Row-tile geometry of one call (pure Python integers)."""
+    """Tile geometry of one call (pure Python integers); tensors are ``(n, C, rows, cols)`` batches."""
 
-    def __init__(self, x_shape, window: Window, ho: int, wo: int, c_k: int, out_per_image: int):
-        _, _, self.H, self.W = x_shape
+    def __init__(self, x_shape, window: Window, ho: int, wo: int, c_k: int, out_total: int):
+        self.N, _, self.H, self.W = x_shape
         (self.kh, self.kw), (self.sh, self.sw), (self.ph, self.pw), (self.dh, self.dw) = (
             window.kernel, window.stride, window.pad, window.dilation)
         self.Ho, self.Wo = ho, wo
-        self.T = _tile_rows(c_k, ho, wo, out_per_image)
+        self.B, self.T = _tile_shape(self.N, c_k, ho, wo, out_total)
         self.Wb = (wo - 1) * self.sw + (self.kw - 1) * self.dw + 1
         # band columns u in [u0, u1) hold image columns u - pw
         self.u0, self.u1 = max(0, self.pw), min(self.Wb, self.W + self.pw)
 
     def tiles(self):
-        for r0 in range(0, self.Ho, self.T):
-            yield r0, min(self.Ho, r0 + self.T)
+        """``(n0, n1, r0, r1)``: images ``[n0, n1)``, output rows ``[r0, r1)``."""
+        for n0 in range(0, self.N, self.B):
+            for r0 in range(0, self.Ho, self.T):
+                yield n0, min(self.N, n0 + self.B), r0, min(self.Ho, r0 + self.T)
 
     def band_rows(self, r0: int, r1: int) -> Tuple[int, int, int, int, int]:
         """``(Tb, v0, v1, y0, y1)``: band height; band rows ``[v0, v1)`` = image rows ``[y0, y1)``."""
@@ -129,33 +146,34 @@ class _Tiler:
         y0, y1 = max(0, top), min(self.H, top + tb)
         return tb, y0 - top, y1 - top, y0, y1
 
-    def band(self, xn: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-        """The zero-padded ``(C, Tb, Wb)`` input band of output rows ``[r0, r1)`` of one image."""
+    def band(self, xs: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """The zero-padded ``(b, C, Tb, Wb)`` input band of output rows ``[r0, r1)`` of images ``xs``."""
         tb, v0, v1, y0, y1 = self.band_rows(r0, r1)
-        band = xn.new_zeros((xn.shape[0], tb, self.Wb))
+        band = xs.new_zeros((xs.shape[0], xs.shape[1], tb, self.Wb))
         if v1 > v0 and self.u1 > self.u0:
-            band[:, v0:v1, self.u0:self.u1] = xn[:, y0:y1, self.u0 - self.pw:self.u1 - self.pw]
+            band[:, :, v0:v1, self.u0:self.u1] = xs[:, :, y0:y1, self.u0 - self.pw:self.u1 - self.pw]
         return band
 
     def tap_views(self, band: torch.Tensor, t: int):
-        """Per tap ``k``: the ``(C, t, Wo)`` strided view of ``band`` that tap reads (no copy)."""
-        c, tb, wb = band.shape
+        """Per tap ``k``: the ``(b, C, t, Wo)`` strided view of ``band`` that tap reads (no copy)."""
+        b, c, tb, wb = band.shape
         views = []
         for i in range(self.kh):
             for j in range(self.kw):
-                views.append(band.as_strided((c, t, self.Wo), (tb * wb, self.sh * wb, self.sw),
+                views.append(band.as_strided((b, c, t, self.Wo), (c * tb * wb, tb * wb, self.sh * wb, self.sw),
                                              band.storage_offset() + i * self.dh * wb + j * self.dw))
         return views
 
-    def add_band_into(self, dxn: torch.Tensor, dband: torch.Tensor, r0: int, r1: int) -> None:
+    def add_band_into(self, dxs: torch.Tensor, dband: torch.Tensor, r0: int, r1: int) -> None:
         """``dx`` += the in-image part of a band gradient (col2im's last step)."""
         _, v0, v1, y0, y1 = self.band_rows(r0, r1)
         if v1 > v0 and self.u1 > self.u0:
-            dxn[:, y0:y1, self.u0 - self.pw:self.u1 - self.pw] += dband[:, v0:v1, self.u0:self.u1]
+            dxs[:, :, y0:y1, self.u0 - self.pw:self.u1 - self.pw] += dband[:, :, v0:v1, self.u0:self.u1]
 
 
 class TorchSegAwareConv:
-    """Reference implementation (torch ops, any device): row tiles, one GEMM per tile and group.
+    """Reference implementation (torch ops, any device): tiles of rows (or of whole images), one
+    (batched) GEMM per tile and group.
 
     Methods have the signatures a device-specific implementation must provide.
     """
@@ -172,24 +190,23 @@ class TorchSegAwareConv:
         y = x.new_empty((N, O, Ho, Wo))
         if y.numel() == 0:
             return y
-        tl = _Tiler(x.shape, window, Ho, Wo, C * K, O * Ho * Wo)
-        cols_buf = x.new_empty((C * K, tl.T * Wo))
-        for n in range(N):
-            xn, mn = x[n], mask[n]
-            for r0, r1 in tl.tiles():
-                t = r1 - r0
-                band = tl.band(xn, r0, r1)
-                cols = cols_buf[:, :t * Wo]
-                cols3 = cols.view(C, K, t * Wo)
-                for k, view in enumerate(tl.tap_views(band, t)):
-                    torch.mul(view, mn[k, r0:r1], out=cols3[:, k].view(C, t, Wo))
-                yt = y[n, :, r0:r1].view(O, t * Wo)
-                if bias is not None:
-                    yt.copy_(bias.view(O, 1).expand(O, t * Wo))
-                else:
-                    yt.zero_()
-                for g in range(groups):
-                    yt[g * og:(g + 1) * og].addmm_(w2[g * og:(g + 1) * og], cols[g * cg * K:(g + 1) * cg * K])
+        tl = _Tiler(x.shape, window, Ho, Wo, C * K, y.numel())
+        cols_buf = x.new_empty((tl.B, C * K, tl.T * Wo))
+        yt_buf = x.new_empty((tl.B, O, tl.T * Wo))
+        for n0, n1, r0, r1 in tl.tiles():
+            b, t = n1 - n0, r1 - r0
+            band = tl.band(x[n0:n1], r0, r1)
+            cols = cols_buf[:b, :, :t * Wo]
+            cols4 = cols.view(b, C, K, t * Wo)
+            for k, view in enumerate(tl.tap_views(band, t)):
+                torch.mul(view, mask[n0:n1, k:k + 1, r0:r1], out=cols4[:, :, k].view(b, C, t, Wo))
+            yt = yt_buf[:b, :, :t * Wo]
+            for g in range(groups):
+                torch.matmul(w2[g * og:(g + 1) * og], cols[:, g * cg * K:(g + 1) * cg * K],
+                             out=yt[:, g * og:(g + 1) * og])
+            if bias is not None:
+                yt += bias.view(1, O, 1)
+            y[n0:n1, :, r0:r1] = yt.view(b, O, t, Wo)
         return y
 
     def backward(self, x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, grad_y: torch.Tensor,
@@ -209,39 +226,41 @@ class TorchSegAwareConv:
         if gy.numel() == 0 or not (need_x or need_m or need_w):
             return dx, dm, None if dw2 is None else dw2.view_as(weight), db
         mask = flush_subnormal(mask)
-        tl = _Tiler(x.shape, window, Ho, Wo, C * K, O * Ho * Wo)
-        cols_buf = x.new_empty((C * K, tl.T * Wo)) if need_w else None
-        for n in range(N):
-            xn, mn = x[n], mask[n]
-            for r0, r1 in tl.tiles():
-                t = r1 - r0
-                band = tl.band(xn, r0, r1)
-                views = tl.tap_views(band, t)
-                gyt = gy[n, :, r0:r1].reshape(O, t * Wo)
-                if need_w:
-                    cols = cols_buf[:, :t * Wo]
-                    cols3 = cols.view(C, K, t * Wo)
-                    for k, view in enumerate(views):
-                        torch.mul(view, mn[k, r0:r1], out=cols3[:, k].view(C, t, Wo))
-                    for g in range(groups):
-                        dw2[g * og:(g + 1) * og].addmm_(gyt[g * og:(g + 1) * og],
-                                                       cols[g * cg * K:(g + 1) * cg * K].t())
-                if not (need_x or need_m):
-                    continue
-                G = x.new_empty((C * K, t * Wo))
+        tl = _Tiler(x.shape, window, Ho, Wo, C * K, gy.numel())
+        cols_buf = x.new_empty((tl.B, C * K, tl.T * Wo)) if need_w else None
+        for n0, n1, r0, r1 in tl.tiles():
+            b, t = n1 - n0, r1 - r0
+            band = tl.band(x[n0:n1], r0, r1)
+            views = tl.tap_views(band, t)
+            mt = mask[n0:n1, :, r0:r1]
+            gyt = gy[n0:n1, :, r0:r1].reshape(b, O, t * Wo)
+            if need_w:
+                cols = cols_buf[:b, :, :t * Wo]
+                cols4 = cols.view(b, C, K, t * Wo)
+                for k, view in enumerate(views):
+                    torch.mul(view, mt[:, k:k + 1], out=cols4[:, :, k].view(b, C, t, Wo))
                 for g in range(groups):
-                    torch.mm(w2[g * og:(g + 1) * og].t(), gyt[g * og:(g + 1) * og],
-                             out=G[g * cg * K:(g + 1) * cg * K])
-                G4 = G.view(C, K, t, Wo)
-                if need_m:
-                    for k, view in enumerate(views):
-                        dm[n, k, r0:r1] = (G4[:, k] * view).sum(0)
-                if need_x:
-                    G4 *= mn[None, :, r0:r1]
-                    dband = torch.zeros_like(band)
-                    for k, dview in enumerate(tl.tap_views(dband, t)):
-                        dview += G4[:, k]
-                    tl.add_band_into(dx[n], dband, r0, r1)
+                    gg, cc = gyt[:, g * og:(g + 1) * og], cols[:, g * cg * K:(g + 1) * cg * K]
+                    if b == 1:
+                        dw2[g * og:(g + 1) * og].addmm_(gg[0], cc[0].t())
+                    else:  # sum over the tile's images of (og, P) @ (P, cg*K)
+                        dw2[g * og:(g + 1) * og] += torch.bmm(gg, cc.transpose(1, 2)).sum(0)
+            if not (need_x or need_m):
+                continue
+            G = x.new_empty((b, C * K, t * Wo))
+            for g in range(groups):
+                torch.matmul(w2[g * og:(g + 1) * og].t(), gyt[:, g * og:(g + 1) * og],
+                             out=G[:, g * cg * K:(g + 1) * cg * K])
+            G5 = G.view(b, C, K, t, Wo)
+            if need_m:
+                for k, view in enumerate(views):
+                    dm[n0:n1, k, r0:r1] = (G5[:, :, k] * view).sum(1)
+            if need_x:
+                G5 *= mt[:, None]
+                dband = torch.zeros_like(band)
+                for k, dview in enumerate(tl.tap_views(dband, t)):
+                    dview += G5[:, :, k]
+                tl.add_band_into(dx[n0:n1], dband, r0, r1)
         return dx, dm, None if dw2 is None else dw2.view_as(weight), db
 
 
