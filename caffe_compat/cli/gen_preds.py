@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--testset", default="test",
                    help="set name of the results folder, e.g. test or val (a voc_ prefix is dropped; default: test)")
     p.add_argument("--flat", action="store_true", help="write the PNGs directly into DIR")
+    p.add_argument("--max-bytes", default=None, metavar="SIZE",
+                   help="memory budget for reading a .mat file, e.g. 2G (default: $CAFFE_COMPAT_MAX_BYTES, "
+                        "else the memory available); larger files / variables are refused before reading")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -40,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
     summary = gen_preds(args.features_dir, args.images, args.out, overwrite=args.overwrite,
                         comp_id=args.comp_id, testset=args.testset, flat=args.flat,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, max_bytes=args.max_bytes)
     print(f"wrote {len(summary.written)} PNG(s), skipped {len(summary.skipped)} existing, in {summary.png_dir}")
     return 0

@@ -85,7 +85,7 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import CaffeCompatError, DataError
+from ..errors import CaffeCompatError, DataError, MemoryBudgetError
 from .palette import save_palette_png
 
 try:
@@ -240,21 +240,23 @@ def results_dir(out_dir: PathLike, comp_id: str = "comp6", testset: str = "test"
     return os.path.join(os.fspath(out_dir), "results", "VOC2012", "Segmentation", f"{comp_id}_{testset}_cls")
 
 
-def read_features(path: PathLike) -> np.ndarray:
+def read_features(path: PathLike, max_bytes=None) -> np.ndarray:
     """The ``data`` variable of a MatWrite ``.mat`` file as MATLAB's GetFastResult sees it, ``C x H x W``.
 
     MATLAB dims ``[W, H, C(, 1)]``; trailing singleton dims are dropped as
     MATLAB's ``load`` does (``[W, H, 1]`` is one channel).  4-D data with
     ``N > 1`` is an error (``permute(data, [2 1 3])`` fails on it in MATLAB).
-    float32 and float64 are kept; other classes raise.
+    float32 and float64 are kept; other classes raise.  ``max_bytes``: the memory budget
+    (:func:`~caffe_compat.pipeline.matio.read_mat`): a file or variable too large for it raises
+    :class:`~caffe_compat.errors.MemoryBudgetError` before it is read.
     """
     from .matio import read_mat  # owned by the data-layer code; imported lazily
 
     path = os.fspath(path)
     try:
-        arr = read_mat(path, ["data"])["data"]
+        arr = read_mat(path, ["data"], max_bytes=max_bytes)["data"]
     except CaffeCompatError as e:
-        if isinstance(e, DataError):
+        if isinstance(e, (DataError, MemoryBudgetError)):
             raise
         raise DataError(str(e)) from None
     except Exception as e:  # a corrupt file must never escape as a raw exception
@@ -317,7 +319,7 @@ def _list_mats(features_dir: str) -> List[str]:
 
 def gen_preds(features_dir: PathLike, images_dir: PathLike, out_dir: PathLike, *, overwrite: bool = False,
               comp_id: str = "comp6", testset: str = "test", flat: bool = False,
-              progress: Optional[bool] = None) -> GenPredsSummary:
+              progress: Optional[bool] = None, max_bytes=None) -> GenPredsSummary:
     """Write one VOC palette PNG per ``.mat`` feature file (``GetFastResult.m``).
 
     Args:
@@ -327,6 +329,8 @@ def gen_preds(features_dir: PathLike, images_dir: PathLike, out_dir: PathLike, *
             or into ``out_dir`` itself when ``flat``.
         overwrite: regenerate PNGs that already exist (default: skip them, as the original).
         progress: tqdm progress bar (None: only on a terminal).
+        max_bytes: memory budget for reading each ``.mat`` file (:mod:`caffe_compat.memory`;
+            default ``$CAFFE_COMPAT_MAX_BYTES``, else the memory available).
 
     Returns a :class:`GenPredsSummary`.  Raises :class:`DataError` on the first bad
     input; PNGs written before it stay, none is ever partial.
@@ -334,6 +338,9 @@ def gen_preds(features_dir: PathLike, images_dir: PathLike, out_dir: PathLike, *
     features_dir = os.fspath(features_dir)
     images_dir = os.fspath(images_dir)
     png_dir = os.fspath(out_dir) if flat else results_dir(out_dir, comp_id, testset)
+    if max_bytes is not None:
+        from .. import memory as _mem
+        _mem.resolve_budget(max_bytes)  # an invalid budget is reported before any work
     names = _list_mats(features_dir)
     if not os.path.isdir(images_dir):
         raise DataError(f"image folder '{images_dir}' does not exist")
@@ -355,7 +362,7 @@ def gen_preds(features_dir: PathLike, images_dir: PathLike, out_dir: PathLike, *
             summary.skipped.append(name)
             continue
         mat_path = os.path.join(features_dir, name)
-        logits = read_features(mat_path)
+        logits = read_features(mat_path, max_bytes)
         jpg = os.path.join(images_dir, img_id + ".jpg")
         if not os.path.isfile(jpg):
             raise DataError(f"missing image for '{name}': '{jpg}' does not exist (the image size is "

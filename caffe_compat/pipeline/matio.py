@@ -31,7 +31,11 @@ h5py.  Why not :func:`scipy.io.loadmat`: scipy 1.17.1 crashes the process
 (SIGSEGV) on damaged files, measured on MatWrite files with one flipped byte
 (a small data element of unknown type; the complex flag set in the array
 flags), where a reader of untrusted files must raise an error instead.  The
-declared size of every variable is checked before it is read; cells,
+size of the file (Level-5 files are read whole) and the declared size of every
+variable are checked against the package's memory budget
+(:mod:`caffe_compat.memory`: ``max_bytes=``, else ``$CAFFE_COMPAT_MAX_BYTES``,
+else the memory available) before anything is read, raising
+:class:`~caffe_compat.errors.MemoryBudgetError` naming the file and the bytes; cells,
 structs, sparse, complex and object arrays raise :class:`NotSupportedError`;
 a corrupt file raises :class:`DataError` naming it.  :func:`read_blob_mat` is
 the fork's ``ReadBlobFromMat`` (the inverse of :func:`write_blob_mat`).
@@ -50,6 +54,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .. import memory as _mem
 from ..atomic import atomic_write
 from ..errors import CaffeCompatError, DataError, NotSupportedError
 
@@ -74,9 +79,9 @@ _CLASS_DTYPES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4
 _CLASS_NAMES = {mxCELL: "cell", mxSTRUCT: "struct", mxOBJECT: "object", mxSPARSE: "sparse"}
 _LOGICAL_FLAG, _COMPLEX_FLAG = 0x200, 0x800
 
-#: environment variable: most bytes one variable of a ``.mat`` file may declare (default: the
-#: memory available when the file is read)
-MAX_BYTES_ENV = "CAFFE_COMPAT_MAX_BYTES"
+#: the environment variable of the package's one memory budget (:mod:`caffe_compat.memory`),
+#: which also bounds what a ``.mat`` file may make the reader allocate
+MAX_BYTES_ENV = _mem.ENV_VAR
 
 
 def header(text: Optional[str] = None) -> bytes:
@@ -146,30 +151,21 @@ def write_blob_mat(path: str, blob, overwrite: bool = False) -> bool:
 
 
 # ------------------------------------------------------------------------------------- reading
-def max_read_bytes() -> int:
-    """Most bytes one variable may declare: ``$CAFFE_COMPAT_MAX_BYTES``, else the memory available now."""
-    env = os.environ.get(MAX_BYTES_ENV)
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise DataError(f"${MAX_BYTES_ENV}={env!r} is not a number of bytes") from None
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # not POSIX: no limit beyond the allocator's
-        return sys.maxsize
+def max_read_bytes(max_bytes=None) -> int:
+    """The memory budget of :func:`read_mat`: :func:`caffe_compat.memory.resolve_budget` (``max_bytes``,
+    else ``$CAFFE_COMPAT_MAX_BYTES``, else the memory available now), the one Net and weights use."""
+    return _mem.resolve_budget(max_bytes)
 
 
-def _check_declared(path: str, name: str, shape: Sequence[int], itemsize: int) -> None:
-    """Refuse, before reading it, a variable whose declared size cannot fit in memory."""
+def _check_declared(path: str, name: str, shape: Sequence[int], itemsize: int,
+                    budget: "_mem.Reservation") -> None:
+    """Refuse, before reading it, a variable whose declared size does not fit the memory budget.
+
+    The bytes are counted in ``budget`` (a running total over the file's variables)."""
     if any(int(d) < 0 for d in shape):
         raise DataError(f"MAT file '{path}': variable {name!r} declares negative dims {list(shape)}")
-    n = math.prod(int(d) for d in shape)
-    limit = max_read_bytes()
-    if n * itemsize > limit:
-        raise DataError(f"MAT file '{path}': variable {name!r} declares dims {list(shape)} "
-                        f"({n * itemsize:,} bytes), more than the {limit:,} bytes that may be read "
-                        f"(${MAX_BYTES_ENV}); a corrupt or hostile file?")
+    budget.reserve(_mem.nbytes(shape, itemsize),
+                   lambda: f"MAT file '{path}': variable {name!r} declares dims {[int(d) for d in shape]}")
 
 
 def _unsupported(path: str, name: str, kind: str) -> NotSupportedError:
@@ -177,7 +173,7 @@ def _unsupported(path: str, name: str, kind: str) -> NotSupportedError:
                              f"real numeric, logical and char arrays are supported")
 
 
-def _read_v73(path: str, names: Optional[set]) -> Dict[str, object]:
+def _read_v73(path: str, names: Optional[set], budget: "_mem.Reservation") -> Dict[str, object]:
     """A ``-v7.3`` (HDF5) file: every top-level dataset, dims reversed back to MATLAB's."""
     import h5py
 
@@ -198,7 +194,7 @@ def _read_v73(path: str, names: Optional[set]) -> Dict[str, object]:
                 cls = cls.decode("ascii", "replace") if isinstance(cls, bytes) else str(cls)
                 if cls in _UNSUPPORTED_CLASSES or ds.dtype.kind not in "biuf":
                     raise _unsupported(path, key, cls or str(ds.dtype))
-                _check_declared(path, key, ds.shape, ds.dtype.itemsize)
+                _check_declared(path, key, ds.shape, ds.dtype.itemsize, budget)
                 arr = np.asarray(ds[()]).T  # HDF5 stores MATLAB's column-major dims reversed
                 if cls == "logical":
                     arr = arr.astype(bool)
@@ -219,8 +215,8 @@ def _pad8(n: int) -> int:
 class _Reader:
     """Level-5 data elements of one file (``where`` names it in errors)."""
 
-    def __init__(self, endian: str, where: str, path: str):
-        self.e, self.where, self.path = endian, where, path
+    def __init__(self, endian: str, where: str, path: str, budget: "_mem.Reservation"):
+        self.e, self.where, self.path, self.budget = endian, where, path, budget
 
     def tags(self, buf: bytes):
         pos, n = 0, len(buf)
@@ -245,7 +241,9 @@ class _Reader:
             raise DataError(f"{self.where}: unknown MAT data type {t}")
         return np.frombuffer(payload, dtype=np.dtype(self.e + _MI_DTYPES[t]))
 
-    def matrix(self, payload: bytes):
+    def matrix(self, payload: bytes, names: Optional[set] = None):
+        """``(name, class, array)``; ``array`` None for unsupported classes, and for every variable
+        not in ``names`` (whose data is then neither checked nor read)."""
         parts = list(self.tags(payload))
         if len(parts) < 3:
             raise DataError(f"{self.where}: malformed matrix element")
@@ -253,13 +251,15 @@ class _Reader:
         cls = int(flags[0]) & 0xFF
         dims = tuple(int(d) for d in self.numeric(*parts[1]))
         name = bytes(parts[2][1]).decode("ascii", errors="replace")
+        if names is not None and name not in names:
+            return name, cls, None
         if cls in _CLASS_NAMES:
             return name, cls, None
         if int(flags[0]) & _COMPLEX_FLAG:
             return name, -1, None
         if len(parts) < 4:
             raise DataError(f"{self.where}: variable {name!r} has no data")
-        _check_declared(self.path, name, dims, np.dtype(_CLASS_DTYPES.get(cls, "f8")).itemsize)
+        _check_declared(self.path, name, dims, np.dtype(_CLASS_DTYPES.get(cls, "f8")).itemsize, self.budget)
         real = self.numeric(*parts[3])
         count = math.prod(dims) if dims else 0
         if real.size != count:
@@ -283,28 +283,28 @@ def _is_v73(head: bytes) -> bool:
     return head[126:128] in (b"IM", b"MI") and head[124:126] in (b"\x00\x02", b"\x02\x00")
 
 
-def _read_level5(path: str, data: bytes, names: Optional[set]) -> Dict[str, object]:
+def _read_level5(path: str, data: bytes, names: Optional[set], budget: "_mem.Reservation") -> Dict[str, object]:
     endian = "<" if data[126:128] == b"IM" else ">"
-    r = _Reader(endian, f"MAT file '{path}'", path)
+    r = _Reader(endian, f"MAT file '{path}'", path, budget)
     out: Dict[str, object] = {}
-    limit = max_read_bytes()
     for t, payload in r.tags(data[128:]):
         if t == miCOMPRESSED:
+            room = max(0, budget.budget - budget.total)
             inflater = zlib.decompressobj()
             try:
-                payload = inflater.decompress(payload, limit + 1)
+                payload = inflater.decompress(payload, room + 1)
             except zlib.error as e:
                 raise DataError(f"MAT file '{path}': corrupt compressed variable ({e})") from None
-            if len(payload) > limit:
-                raise DataError(f"MAT file '{path}': a compressed variable inflates to more than the "
-                                f"{limit:,} bytes that may be read (${MAX_BYTES_ENV})")
+            if len(payload) > room:
+                _mem.check_fits(len(payload), f"MAT file '{path}': a compressed variable inflates to more "
+                                f"than {len(payload) - 1:,} bytes", budget.budget, budget.total)
             inner = list(r.tags(payload))
             if not inner:
                 continue
             t, payload = inner[0]
         if t != miMATRIX:
             continue
-        name, cls, arr = r.matrix(payload)
+        name, cls, arr = r.matrix(payload, names)
         if names is not None and name not in names:
             continue
         if arr is None:
@@ -313,13 +313,20 @@ def _read_level5(path: str, data: bytes, names: Optional[set]) -> Dict[str, obje
     return out
 
 
-def read_mat(path: str, variable_names: Optional[Iterable[str]] = None) -> Dict[str, object]:
+def read_mat(path: str, variable_names: Optional[Iterable[str]] = None,
+             max_bytes=None) -> Dict[str, object]:
     """Read the variables of a MAT file: ``name -> ndarray`` with MATLAB's dims (no squeezing).
 
     Char row vectors come back as ``str``.  ``variable_names`` restricts what is
-    read (and what must be supported).
+    read (and what must be supported).  ``max_bytes``: the memory budget
+    (:mod:`caffe_compat.memory`; default ``$CAFFE_COMPAT_MAX_BYTES``, else the
+    memory available): a Level-5 file is read whole, so its size counts, and
+    every variable read counts its declared size; both are checked before
+    anything is read, and what does not fit raises :class:`MemoryBudgetError`
+    naming the file, the variable and the bytes.
     """
     path = os.fspath(path)
+    budget = _mem.Reservation(_mem.resolve_budget(max_bytes))
     names = set(variable_names) if variable_names is not None else None
     if not os.path.exists(path):
         raise DataError(f"cannot read MAT file '{path}': the file does not exist")
@@ -331,14 +338,19 @@ def read_mat(path: str, variable_names: Optional[Iterable[str]] = None) -> Dict[
     if len(head) < 128:
         raise DataError(f"'{path}' is not a MAT file (only {len(head)} bytes)")
     if _is_v73(head):
-        out = _read_v73(path, names)
+        out = _read_v73(path, names, budget)
     elif head[126:128] not in (b"IM", b"MI"):
         raise DataError(f"'{path}' is not a Level-5 MAT file (no IM/MI marker; v4 files are not supported)")
     else:
-        with open(path, "rb") as f:
-            data = f.read()
         try:
-            out = _read_level5(path, data, names)
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                budget.reserve(size, lambda: f"MAT file '{path}': reading the Level-5 file ({size:,} bytes on disk)")
+                data = f.read()
+        except OSError as e:
+            raise DataError(f"cannot read MAT file '{path}': {e}") from None
+        try:
+            out = _read_level5(path, data, names, budget)
         except CaffeCompatError:
             raise
         except (ValueError, IndexError, TypeError, OverflowError, struct.error, MemoryError) as e:
@@ -351,13 +363,13 @@ def read_mat(path: str, variable_names: Optional[Iterable[str]] = None) -> Dict[
     return out
 
 
-def read_blob_mat(path: str, variable: str = "data") -> np.ndarray:
+def read_blob_mat(path: str, variable: str = "data", max_bytes=None) -> np.ndarray:
     """The fork's ``ReadBlobFromMat``: a variable of rank <= 4 as an ``(N, C, H, W)`` array.
 
     MATLAB dims ``[d0, d1, d2, d3]`` (missing ones = 1) map to the blob shape
     ``(d3, d2, d1, d0)`` over the same column-major buffer.
     """
-    arr = read_mat(path, [variable])[variable]
+    arr = read_mat(path, [variable], max_bytes=max_bytes)[variable]
     if isinstance(arr, str) or not isinstance(arr, np.ndarray):
         raise DataError(f"MAT file '{path}': variable {variable!r} is not numeric")
     if arr.ndim > 4:
