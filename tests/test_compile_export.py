@@ -107,10 +107,6 @@ def test_deploy_net_exports(name):
         torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="known gap: the Exp and Power layers compute their Dtype-rounded constants with numpy "
-                          "in forward (caffe_compat/ops/scalars.py), which dynamo cannot trace (graph break); "
-                          "torch.export of the same nets works (test above)")
 @pytest.mark.parametrize("name", NETS)
 def test_deploy_net_compiles_fullgraph(name):
     net, inputs = _reduced_net(name)
@@ -119,3 +115,26 @@ def test_deploy_net_compiles_fullgraph(name):
         out = torch.compile(net, fullgraph=True, backend="aot_eager")(**inputs)
     for k in ref:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5)
+
+
+def test_deploy_net_compiles_fullgraph_with_gradients():
+    """A compiled vgg net (the seg-aware convolutions, Interp, CRF) trains: its gradients are eager's."""
+    net, inputs = _reduced_net("vgg")
+    inputs = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def grads(fn):
+        out = fn(**inputs)
+        loss = sum((v.double() ** 2).sum() for v in out.values())
+        leaves = [v for v in inputs.values() if v.requires_grad] + params
+        return out, torch.autograd.grad(loss, leaves, allow_unused=True)
+
+    ref, ref_g = grads(net)
+    out, out_g = grads(torch.compile(net, fullgraph=True, backend="aot_eager"))
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-5)
+    assert sum(g is not None for g in ref_g) > 10
+    for a, b in zip(out_g, ref_g):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

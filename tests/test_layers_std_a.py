@@ -971,3 +971,24 @@ def test_golden_index_lists_my_cases():
     single = {c for c, v in idx.items() if v["layer_type"] in
               ("Convolution", "Pooling", "BatchNorm", "AbsVal", "Exp", "Power", "ReLU", "Dropout")}
     assert single <= set(GOLDEN_SINGLE)
+
+
+def test_pooled_size_integer_path_is_caffes_float32_formula():
+    """pooled_size divides with integers below 2**24 (traceable); Caffe divides in float32: same sizes."""
+    import math as _m
+
+    def caffe(size, kernel, stride, pad):
+        with np.errstate(all="ignore"):
+            q = np.float32(np.float32(size + 2 * pad - kernel) / np.float32(stride))
+        out = int(_m.ceil(float(q))) + 1
+        if pad > 0 and (out - 1) * stride >= size + pad:
+            out -= 1
+        return out
+
+    rng = np.random.default_rng(0)
+    cases = [(int(s), int(k), int(st), int(p)) for s, k, st, p in zip(
+        rng.integers(1, 1 << 24, 3000), rng.integers(1, 40, 3000), rng.integers(1, 300, 3000),
+        rng.integers(0, 20, 3000))]
+    cases += [(1 << 24, 1, 3, 0), ((1 << 24) + 5, 2, 7, 1), (50_000_000, 3, 3, 0), (9, 3, 2, 1)]
+    for s, k, st, p in cases:
+        assert pool_ops.pooled_size(s, k, st, p) == caffe(s, k, st, p), (s, k, st, p)

@@ -21,6 +21,10 @@ Families (seeded mutations of valid files / calls):
 * ``images``     image / label PNG reading (data layers, pipeline): damaged PNG / JPEG bytes, headers
                  declaring absurd sizes, odd modes, resizing to odd sizes.
 * ``lists``      the data layers' and pipeline's list files: damaged lines, odd bytes and encodings.
+* ``pipeline``   ``gen_preds`` / ``evaluate`` / ``read_features`` on a tiny VOC tree with damaged
+                 features, JPEGs, PNGs, names and id lists, odd class counts, radii and budgets.
+* ``cli``        every ``caffe-compat`` command with valid, damaged and odd files and option values;
+                 wanted: exit status 0, or 2 with a message and no traceback.
 
 Cases run in child processes (many cases per child: importing torch dominates), under an
 address-space limit (``resource.setrlimit(RLIMIT_AS)``) and a per-case wall-clock watchdog.
@@ -608,6 +612,224 @@ class _Torn(Exception):
     pass
 
 
+# ------------------------------------------------------------------ pipeline and command line
+_IDS = ["2008_000001", "2008_000002", "2009_000003"]
+
+
+def _voc_tree(rng, work):
+    """A tiny VOC-like tree, some of it damaged: features/*.mat, JPEGImages/*.jpg, gt/*.png, pred/*.png, ids.txt.
+
+    Damage (one or two kinds per case): a feature file's bytes, a feature of another size than its
+    JPEG, NaN / Inf logits, 0 or 300 channels, odd file names, a missing or damaged JPEG, GT / prediction
+    PNGs of other sizes, modes or values, a damaged id list.
+    """
+    import numpy as np
+    from PIL import Image
+    from caffe_compat.pipeline import matio, palette
+    root = Path(work)
+    dirs = {k: root / k for k in ("features", "JPEGImages", "gt", "pred")}
+    for d in dirs.values():
+        d.mkdir()
+    nrng = np.random.default_rng(rng.randrange(10 ** 6))
+    damage = {rng.randrange(12) for _ in range(rng.randint(1, 2))}
+    ids = list(_IDS)
+    for k, image_id in enumerate(ids):
+        h, w = rng.choice([(5, 7), (6, 6), (1, 1), (9, 4)])
+        c = 21
+        if 0 in damage and k == 0:
+            c = rng.choice([0, 1, 2, 300])
+        logits = nrng.standard_normal((1, c, h + 2, w + 3)).astype(np.float32)   # padded, as the crops are
+        if 1 in damage and k == 1:
+            logits.flat[nrng.integers(0, max(logits.size, 1), 3)] = rng.choice([np.nan, np.inf, -np.inf])
+        if 2 in damage and k == 0:
+            logits = logits[:, :, : rng.choice([1, h]), :1]                        # smaller than the image
+        name = f"{image_id}_blob_0.mat"
+        if 3 in damage and k == 2:
+            name = rng.choice(["_blob_0.mat", "x y_blob_0.mat", "\u00e9_blob_0.mat", f"{image_id}.mat", ".mat"])
+        matio.write_blob_mat(str(dirs["features"] / name), logits)
+        if 4 in damage and k == 1:
+            path = dirs["features"] / name
+            path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+        img = Image.fromarray(nrng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        jpg = dirs["JPEGImages"] / f"{image_id}.jpg"
+        if not (5 in damage and k == 2):
+            img.save(jpg, format="JPEG")
+            if 6 in damage and k == 0:
+                jpg.write_bytes(mutate_bytes(rng, jpg.read_bytes()))
+        labels = nrng.integers(0, 21, (h, w)).astype(np.uint8)
+        if 7 in damage and k == 1:
+            labels[0, 0] = rng.choice([21, 200, 255])
+        gh, gw = (h, w) if not (8 in damage and k == 0) else (h + 1, w)
+        palette.save_palette_png(str(dirs["gt"] / f"{image_id}.png"), np.resize(labels, (gh, gw)))
+        pred = dirs["pred"] / f"{image_id}.png"
+        if 9 in damage and k == 2:
+            Image.fromarray(nrng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert(
+                rng.choice(["RGB", "L", "I;16", "1"])).save(pred)
+        elif not (10 in damage and k == 1):
+            palette.save_palette_png(str(pred), labels)
+        if 11 in damage and k == 0:
+            pred.write_bytes(mutate_bytes(rng, pred.read_bytes()))
+    text = "\n".join(ids) + "\n"
+    if rng.random() < 0.3:
+        text = mutate_text(rng, text)
+    (root / "ids.txt").write_bytes(text.encode("utf-8", "surrogatepass"))
+    return dirs, root / "ids.txt"
+
+
+def _no_tmp_left(*folders):
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, _, files in os.walk(folder):
+            left = [f for f in files if f.startswith(".tmp") or f.endswith(".tmp")]
+            if left:
+                raise _Torn(f"temporary files left behind in {dirpath}: {left}")
+
+
+def case_pipeline(rng, work):
+    """The VOC pipeline's functions (gen_preds, evaluate, their readers) on a damaged tree."""
+    from caffe_compat.pipeline import gen_preds as gp, voc_eval as ve
+    dirs, ids = _voc_tree(rng, work)
+    out = Path(work) / rng.choice(["out", "features/x", "ids.txt"])   # a results folder, or a file in its place
+    op = rng.randrange(4)
+    kw = {}
+    if rng.random() < 0.3:
+        kw["num_classes"] = rng.choice([0, 1, 2, 21, 255, 256, 2 ** 31, -1])
+    if rng.random() < 0.3:
+        kw["boundary_radii"] = rng.choice([(1,), (0,), (-1,), (float("nan"),), (1e9,), (1, 2, 3)])
+
+    def act():
+        try:
+            if op == 0:
+                gp.gen_preds(dirs["features"], dirs["JPEGImages"], out, flat=rng.random() < 0.5,
+                             overwrite=rng.random() < 0.5, progress=False,
+                             max_bytes=rng.choice([None, None, 0, 100, 10 ** 12]))
+            elif op == 1:
+                ve.evaluate(dirs["pred"], dirs["gt"], ids, allow_missing=rng.random() < 0.5,
+                            strict_gt=rng.random() < 0.5, progress=False, **kw)
+            elif op == 2:   # the chain: predictions from the features, then their score
+                gp.gen_preds(dirs["features"], dirs["JPEGImages"], out, flat=True, progress=False)
+                r = ve.evaluate(out, dirs["gt"], ids, allow_missing=True, progress=False, **kw)
+                ve.format_table(r), ve.format_original(r)
+            else:
+                gp.read_features(next(iter(sorted(dirs["features"].iterdir()))),
+                                 max_bytes=rng.choice([None, 0, 64, 10 ** 12]))
+        finally:
+            _no_tmp_left(out if out.is_dir() else out.parent)
+    return act
+
+
+def _cli_net_files(rng, work):
+    """A prototxt (sometimes mutated) and its weights (sometimes mutated bytes) for the CLI cases."""
+    text = rng.choice([NETS[0], NETS[2], NETS[5]])
+    net = _build(text)
+    weights = Path(work) / rng.choice(["w.caffemodel", "w.caffemodel.h5", "w.pt"])
+    if weights.suffix == ".pt":
+        net.save_checkpoint(weights)
+    else:
+        net.save(weights)
+    if rng.random() < 0.4:
+        weights.write_bytes(mutate_bytes(rng, weights.read_bytes()))
+    if rng.random() < 0.4:
+        text = mutate_text(rng, text)
+    proto = Path(work) / "net.prototxt"
+    proto.write_text(text, encoding="utf-8", errors="surrogatepass")
+    return net, proto, weights
+
+
+_ODD_OPTIONS = ["", "0", "-1", "nan", "1e999", "x", "\u00b2", "cuda:7", "gpu", "TRAIN", "1,2", "a=b", "=", "data=",
+                "data=1,3,8,8", "data=0,0,0,0", "data=1,3,99999,99999"]
+
+
+def case_cli(rng, work):
+    """Every command of ``caffe-compat`` with valid, damaged and odd arguments, run as the console script runs.
+
+    Wanted: exit status 0, or 2 with a message (a CaffeCompatError or argparse's usage error).
+    Findings: status 1 (the CLI's "internal error": an exception that is not a CaffeCompatError),
+    any exception escaping ``main``, a traceback written without ``-v``.
+    """
+    import numpy as np
+    from PIL import Image
+    net, proto, weights = _cli_net_files(rng, work)
+    dirs, ids = _voc_tree(rng, work)
+    root = Path(work)
+    odd = lambda: rng.choice(_ODD_OPTIONS)   # noqa: E731
+    maybe = lambda value: value if rng.random() < 0.8 else odd()   # noqa: E731
+    img = root / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(img)
+    cmd = rng.choice(["info", "gen-preds", "eval", "convert", "export", "run", "test", "train", "none"])
+    if cmd == "info":
+        argv = ["info", maybe(str(proto))] + rng.choice([[], ["--weights", maybe(str(weights))], ["--json"],
+                                                         ["--list-defines"], ["--phase", odd()], ["-D", odd()],
+                                                         ["--preset", odd()], ["--device", odd()]])
+    elif cmd == "gen-preds":
+        argv = ["gen-preds", maybe(str(dirs["features"])), "--images", maybe(str(dirs["JPEGImages"])),
+                "--out", maybe(str(root / "res")), "--no-progress"] + rng.choice(
+                    [[], ["--flat"], ["--max-bytes", odd()], ["--comp-id", odd()], ["--testset", odd()]])
+    elif cmd == "eval":
+        argv = ["eval", maybe(str(dirs["pred"])), maybe(str(dirs["gt"])), "--list", maybe(str(ids)),
+                "--no-progress"] + rng.choice([[], ["--json"], ["--original-format"], ["--allow-missing"],
+                                               ["--num-classes", odd()], ["--boundary-radius", odd()]])
+    elif cmd == "convert":
+        argv = ["convert", maybe(str(proto)), maybe(str(weights)), "-o",
+                maybe(str(root / rng.choice(["o.pt", "o.caffemodel", "o.h5", "o", "sub/o.pt"])))] + rng.choice(
+                    [[], ["--lenient"], ["--to", odd()], ["--phase", odd()], ["--device", odd()]])
+    elif cmd == "export":
+        argv = ["export", maybe(str(proto)), maybe(str(weights)), "-o", maybe(str(root / "p.pt2"))] + rng.choice(
+            [[], ["--input", odd()], ["--dynamic"], ["--float64"], ["--lenient"], ["--device", odd()]])
+    elif cmd == "run":
+        argv = ["run", maybe(str(proto)), maybe(str(weights)), "--image", maybe(str(img)), "--out",
+                maybe(str(root / "runout")), "--no-progress"] + rng.choice(
+                    [[], ["--mean", odd()], ["--scale", odd()], ["--feed", odd()], ["--blobs", odd()],
+                     ["--resize"], ["--no-fit"], ["--mask-point", odd()], ["--mask-window", odd()],
+                     ["--input-name", odd()], ["--lenient"]])
+    elif cmd == "test":
+        argv = ["test", maybe(str(proto)), maybe(str(weights)), "--no-progress", "--workers", "0"] + rng.choice(
+            [[], ["--iterations", odd()], ["--list", maybe(str(ids))], ["--out", maybe(str(root / "t"))]])
+    elif cmd == "train":
+        solver = root / "solver.prototxt"
+        solver.write_text(mutate_text(rng, f'net: "{proto}"\nbase_lr: 0.01\nmax_iter: 2\nlr_policy: "fixed"\n'
+                                           f'snapshot_prefix: "{root}/snap"\n'), errors="surrogatepass")
+        argv = ["train", maybe(str(solver))]
+    else:
+        argv = rng.choice([[], [odd()], ["--version"], ["info"], ["run", "--image"]])
+
+    def act():
+        import contextlib
+        import logging
+        from caffe_compat import cli
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                handler = logging.StreamHandler(err)
+                logging.getLogger().addHandler(handler)
+                logging.disable(logging.NOTSET)   # run_case silences logging; the CLI's messages are the point
+                try:
+                    rc = cli.main(argv)
+                finally:
+                    logging.disable(logging.CRITICAL)
+                    logging.getLogger().removeHandler(handler)
+        except SystemExit as e:   # argparse: --version (0) and usage errors (2)
+            rc = e.code if isinstance(e.code, int) else 2
+        text = err.getvalue()
+        _no_tmp_left(root)
+        if "Traceback (most recent call last)" in text:
+            raise AssertionError(f"traceback without -v for {argv!r}: {text.strip().splitlines()[-1][:200]}")
+        if rc == 1:
+            line = next((ln for ln in text.splitlines() if "internal error" in ln), text.strip()[-200:])
+            raise RuntimeError(f"{cmd}: {line[:300]}")
+        if rc not in (0, 2):
+            raise RuntimeError(f"{cmd}: exit status {rc}")
+        if rc == 2:
+            lines = text.strip().splitlines()
+            raise _CliRefused(f"{cmd}: {lines[-1][:160] if lines else 'no message'}")
+    return act
+
+
+class _CliRefused(Exception):
+    """The CLI refused the arguments with a message and exit status 2: the wanted answer to bad input."""
+
+
 def _abort():
     os.abort()
 
@@ -625,7 +847,7 @@ _SELFTEST_ACTS = [lambda: None, lambda: {}["raw"], _abort, _hang]
 FAMILIES = {
     "prototxt": case_prototxt, "caffemodel": case_caffemodel, "hdf5": case_hdf5, "checkpoint": case_checkpoint,
     "pt2": case_pt2, "forward": case_forward, "mat": case_mat, "writers": case_writers,
-    "images": case_images, "lists": case_lists,
+    "images": case_images, "lists": case_lists, "pipeline": case_pipeline, "cli": case_cli,
 }
 
 
@@ -652,6 +874,8 @@ def run_case(family: str, seed: int, root: str):
         return "ok", ""
     except _Torn as e:
         return "torn", str(e)
+    except _CliRefused as e:
+        return "error", f"cli exit 2 {e}"
     except CaffeCompatError as e:
         return "error", type(e).__name__
     except BaseException as e:  # noqa: BLE001 - everything else is a finding

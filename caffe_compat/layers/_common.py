@@ -20,7 +20,7 @@ def as_dtype_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def count(shape: Sequence[int], start: int = 0, end: Optional[int] = None) -> int:
     """Number of elements of ``shape[start:end]`` (Caffe's ``count(start, end)``)."""
-    return math.prod(int(d) for d in tuple(shape)[start:end])
+    return math.prod([int(d) for d in tuple(shape)[start:end]])
 
 
 def check_4d(layer, shape: Sequence[int], what: str = "bottom") -> None:

@@ -48,6 +48,9 @@ def shape_only():
 
 def in_shape_pass() -> bool:
     """True while the net infers shapes on the meta device."""
+    if torch.compiler.is_compiling():
+        # shape passes run eagerly, never under torch.compile (which cannot trace ContextVar.get)
+        return False
     return _SHAPE_PASS.get()
 
 
@@ -138,6 +141,8 @@ class Layer(nn.Module):
         self.blobs = nn.ParameterList()
         self._check_counts(len(bottom_shapes), "bottom", self.num_bottoms)
         n_tops = len(param.top)
+        # forward() reads this, not the protobuf (dynamo cannot trace protobuf containers)
+        self.__dict__["n_listed_tops"] = n_tops
         lo, hi = self.num_tops
         if self.auto_tops is not None:
             lo, hi = min(lo, n_tops), max(self.auto_tops, n_tops if hi is None else hi)

@@ -159,6 +159,10 @@ class DummyDataLayer(Layer):
                 raise self.error(f"data_filler {j}: unknown filler type {fp.type!r} "
                                  f"(known: {', '.join(_KNOWN_FILLERS)})")
         self._refill = [fp.type != "constant" for fp in self._fillers]
+        # A refilled top whose filler is deterministic (xy) gets the same values at every
+        # forward: filled once at setup, then returned as is (the fork refills it; same numbers,
+        # and a forward without protobuf access traces in torch.compile).
+        self._random = [fp.type not in _DETERMINISTIC_FILLERS for fp in self._fillers]
         for i, s in enumerate(self.shapes):
             fp = self._filler_of(i)
             if fp.type == "xy" and (len(s) != 4 or s[1] != 2):
@@ -168,8 +172,8 @@ class DummyDataLayer(Layer):
         for i, s in enumerate(self.shapes):
             self.register_buffer(f"top{i}", torch.empty(s, dtype=ctx.dtype, device=ctx.device),
                                  persistent=False)
-            if not self._refill[self._filler_index(i)] and ctx.device.type != "meta":
-                self._fill(i)  # constant tops: filled once, at setup
+            if not self._random[self._filler_index(i)] and ctx.device.type != "meta":
+                self._fill(i)  # constant and xy tops: filled once, at setup
 
     def _filler_index(self, i: int) -> int:
         return i if len(self._fillers) > 1 else 0
@@ -210,9 +214,10 @@ class DummyDataLayer(Layer):
         if in_shape_pass() or any(b.is_meta for b in bufs):
             return tuple(meta_empty(b.shape, b.dtype) for b in bufs)
         for i, buf in enumerate(bufs):
-            if self._refill[self._filler_index(i)]:
+            j = self._filler_index(i)
+            if self._random[j]:
                 self._fill(i)
-            elif i in self._zero_first and buf.numel():
+            elif not self._refill[j] and i in self._zero_first and buf.numel():
                 with torch.no_grad():
                     buf.view(-1)[0] = 0
         return tuple(b.clone() for b in bufs)

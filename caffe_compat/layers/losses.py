@@ -308,7 +308,7 @@ class AccuracyLayer(Layer):
     @torch.no_grad()
     def forward(self, scores, label):
         axis, outer, c, inner = self._geometry(tuple(scores.shape), tuple(label.shape))
-        n_out = len(self.param.top)
+        n_out = self.n_listed_tops
         if scores.is_meta or label.is_meta:
             return (scores.new_empty(()), scores.new_empty((c,)))[:n_out]
         s3 = scores.detach().reshape(outer, c, inner)

@@ -111,7 +111,7 @@ class PoolingLayer(Layer):
         kernel, out = self.geometry(int(x.shape[2]), int(x.shape[3]))
         if self.method == _MAX:
             y, idx = max_pool2d_caffe(x, kernel, self.stride, self.pad, out)
-            if len(self.param.top) > 1:
+            if self.n_listed_tops > 1:
                 return y, idx.to(x.dtype)
             return (y,)
         return (ave_pool2d_caffe(x, kernel, self.stride, self.pad, out),)

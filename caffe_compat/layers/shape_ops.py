@@ -142,7 +142,7 @@ class SplitLayer(Layer):
     num_tops = (1, None)
 
     def forward(self, x):
-        return tuple(x.view_as(x) for _ in range(len(self.param.top)))
+        return tuple(x.view_as(x) for _ in range(self.n_listed_tops))
 
 
 @register_layer("Silence")

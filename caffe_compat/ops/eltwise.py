@@ -61,7 +61,10 @@ class EltwiseProdFunction(torch.autograd.Function):
     """``EltwiseProdFunction.apply(stable, x0, x1, ...)``: product with the fork's backward."""
 
     @staticmethod
-    def forward(ctx, stable: bool, *xs):
+    def forward(ctx, *args):
+        # one star-argument (not ``stable, *xs``): dynamo mis-binds a named argument before
+        # ``*xs`` in an autograd.Function (torch 2.13), and fullgraph compiles must trace this
+        stable, xs = args[0], args[1:]
         top = xs[0] * xs[1]
         for x in xs[2:]:
             top = top * x

@@ -72,17 +72,34 @@ def interp_axis_table(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np
     return i0, i1, lam1
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_table_values(n_in: int, n_out: int) -> Tuple[tuple, tuple, tuple]:
+    i0, i1, lam1 = interp_axis_table(n_in, n_out)
+    return tuple(i0.tolist()), tuple(i1.tolist()), tuple(lam1.tolist())
+
+
+@torch.compiler.assume_constant_result
+def _table_values(n_in: int, n_out: int) -> Tuple[tuple, tuple, tuple]:
+    """:func:`interp_axis_table` as tuples of Python numbers.
+
+    A constant of the graph for ``torch.compile`` (which cannot trace the numpy
+    float32 arithmetic): dynamo calls it at trace time and bakes the values in.
+    """
+    return _cached_table_values(n_in, n_out)
+
+
 def _tables(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device):
     """The axis table as tensors on ``device``.
 
     Only the numpy table is cached: caching tensors would keep the fake tensors
     that ``torch.export`` / ``torch.compile`` create while tracing.
     """
-    i0, i1, lam1 = interp_axis_table(n_in, n_out)
-    t_i0 = torch.from_numpy(i0.copy()).to(device)
-    t_i1 = torch.from_numpy(i1.copy()).to(device)
-    # lam1 is a float32 number; convert it exactly to the data type, then 1 - lam1 in the data type.
-    t_l1 = torch.from_numpy(lam1.copy()).to(device=device, dtype=dtype)
+    i0, i1, lam1 = _table_values(n_in, n_out)
+    t_i0 = torch.tensor(i0, dtype=torch.int64, device=device)
+    t_i1 = torch.tensor(i1, dtype=torch.int64, device=device)
+    # lam1 holds float32 numbers (exact as Python floats); convert them exactly to the data type,
+    # then 1 - lam1 in the data type.
+    t_l1 = torch.tensor(lam1, dtype=torch.float32, device=device).to(dtype)
     t_l0 = 1 - t_l1
     return t_i0, t_i1, t_l0, t_l1
 

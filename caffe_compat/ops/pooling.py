@@ -62,13 +62,25 @@ def pooled_size(size: int, kernel: int, stride: int, pad: int, clip: bool = None
     """
     if clip is None:
         clip = pad > 0
-    num = np.float32(size + 2 * pad - kernel)
-    with np.errstate(all="ignore"):
-        q = np.float32(num / np.float32(stride))
-    out = int(math.ceil(float(q))) + 1
+    num = size + 2 * pad - kernel
+    if abs(num) < 1 << 24 and stride > 0:
+        # Caffe divides in float32; below 2**24 a non-integer quotient stays at
+        # least 1/stride > ulp away from an integer, so integer ceil-division is
+        # the same number (and plain integer arithmetic traces in torch.compile).
+        out = -(-num // stride) + 1
+    else:
+        out = _float32_ceil_div(num, stride) + 1
     if clip and (out - 1) * stride >= size + pad:
         out -= 1
     return out
+
+
+@torch.compiler.assume_constant_result
+def _float32_ceil_div(num: int, stride: int) -> int:
+    """``ceil(float(num) / float(stride))`` in float32 arithmetic, as Caffe computes it."""
+    with np.errstate(all="ignore"):
+        q = np.float32(np.float32(num) / np.float32(stride))
+    return int(math.ceil(float(q)))
 
 
 def _pad_to(x: torch.Tensor, pad: Tuple[int, int], need: Tuple[int, int], value: float) -> torch.Tensor:
