@@ -7,6 +7,7 @@ naming ``fuse=False``; chains whose intermediates feed something else are not fu
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -101,3 +102,35 @@ def test_fused_vgg_reduced_net_matches_fork_and_unfused():
             torch.testing.assert_close(fused_grads[n], p.grad, rtol=1e-4, atol=1e-4 * scale[n.rsplit(".", 2)[0]])
             checked += 1
     assert checked == len(fused_grads) > 0
+
+
+def test_fused_equals_unfused_on_full_size_vgg_deploy():
+    """The original vgg deploy at its own 321x321 size, seeded weights: fused numbers = the layers as written."""
+    from conftest import REFERENCE_DIR, require_reference
+    path = REFERENCE_DIR / "configs" / "vgg" / "deploy.prototxt"
+    if not path.exists():
+        require_reference(path)
+    fused = caffe_compat.Net(path, seed=0)
+    assert len(fused.fusion_plan.replace) == 14          # conv1_1 .. conv5_3 and fc6
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, blobs in fused.params.items():
+            for b in blobs:
+                if b.dim() == 4:       # He-scaled, so that activations stay O(1) through 16 layers
+                    b.copy_(torch.randn(b.shape, generator=g) * (2.0 / math.prod(b.shape[1:])) ** 0.5)
+                elif b.dim() == 1:
+                    b.copy_(torch.randn(b.shape, generator=g) * 0.01)
+                else:                  # the masks' lambda: 0.02 .. 0.2, one per layer
+                    b.fill_(0.02 + 0.18 * float(torch.rand((), generator=g)))
+    unfused = caffe_compat.Net(path, seed=0, fuse=False)
+    unfused.load_state_dict(fused.state_dict())
+    data = torch.randn(1, 3, 321, 321, generator=g) * 50
+    label = torch.randint(0, 21, (1, 1, 321, 321), generator=g).float()
+    with torch.no_grad():
+        out_f = fused(data=data, label=label)["fc8_interp"]
+        out_u = unfused(data=data, label=label)["fc8_interp"]
+        mask = unfused.blobs["exp_emb_dist1_2"]
+    assert out_u.abs().max() > 1e-3, "degenerate weights: the comparison would be vacuous"
+    # the masks are neither all 0 nor all 1: the segmentation-aware part is exercised
+    assert 0.01 < float(mask.mean()) < 0.99 and float(mask.std()) > 0.01
+    torch.testing.assert_close(out_f, out_u, rtol=1e-4, atol=1e-4 * float(out_u.abs().max()))

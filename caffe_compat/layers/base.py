@@ -97,6 +97,19 @@ def check_shape(shape: Sequence[int], what: str) -> Tuple[int, ...]:
     return shape
 
 
+def _append_parameter(plist: nn.ParameterList, p: nn.Parameter) -> None:
+    """``plist.append(p)`` without nn.Module's per-attribute checks.
+
+    A net of thousands of layers creates thousands of blobs; ``append`` goes through
+    ``__setattr__`` and ``register_parameter`` (~15 us each).  The list's state is its
+    ``_parameters`` entry ``str(index)`` and its ``_size`` counter (torch 2.x), set here
+    directly; tests check that the result is an ordinary ParameterList.
+    """
+    i = len(plist)
+    plist._parameters[str(i)] = p
+    plist.__dict__["_size"] = i + 1
+
+
 class Layer(nn.Module):
     """Base class of every Caffe layer.
 
@@ -138,7 +151,7 @@ class Layer(nn.Module):
         # adds up in nets of thousands of layers
         self.__dict__.update(name=param.name, param=param, ctx=ctx,
                              bottom_shapes=[tuple(int(d) for d in s) for s in bottom_shapes])
-        self.blobs = nn.ParameterList()
+        self._modules["blobs"] = nn.ParameterList()   # what `self.blobs = ...` does, minus its checks
         self._check_counts(len(bottom_shapes), "bottom", self.num_bottoms)
         n_tops = len(param.top)
         # forward() reads this, not the protobuf (dynamo cannot trace protobuf containers)
@@ -172,7 +185,7 @@ class Layer(nn.Module):
         shape = check_shape(shape, f"layer '{self.name}' blob {len(self.blobs)}")
         shared = self.ctx.shared_blobs.get(len(self.blobs))
         if shared is not None and tuple(shared.shape) == shape:
-            self.blobs.append(shared)
+            _append_parameter(self.blobs, shared)
             return shared
         if self.ctx.memory is not None and self.ctx.device.type != "meta":
             self.ctx.memory.reserve(math.prod(shape) * self.ctx.dtype.itemsize,
@@ -189,7 +202,7 @@ class Layer(nn.Module):
                     fill(data, init, self.ctx.generator, where=f"layer '{self.name}'")
             data = data.to(self.ctx.device)
         p = nn.Parameter(data)
-        self.blobs.append(p)
+        _append_parameter(self.blobs, p)
         return p
 
     # -- API -----------------------------------------------------------------
