@@ -345,3 +345,23 @@ def test_template_variables_in_comments_need_no_value():
     assert net.name == "small"
     with pytest.raises(TemplateError, match="NOUT"):
         Net.from_string(text.replace("num_output: 4", 'num_output: ${NOUT} # ${Y}'))
+
+
+def test_layer_blob_lists_are_ordinary_parameter_lists():
+    """Blobs are registered directly into the ParameterList (build speed): it must behave as appended."""
+    import caffe_compat
+    net = caffe_compat.Net.from_string(
+        'input: "data" input_shape { dim: 1 dim: 2 dim: 5 dim: 5 }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 3 '
+        'kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }\n'
+        'layer { name: "s" type: "Scale" bottom: "c" top: "s" scale_param { bias_term: true } }\n', seed=0)
+    conv = net.layers[net.layer_names.index("c")]
+    assert len(conv.blobs) == 2 and [tuple(p.shape) for p in conv.blobs] == [(3, 2, 3, 3), (3,)]
+    assert conv.blobs[-1] is list(conv.blobs)[1]
+    keys = [k for k in net.state_dict() if ".blobs." in k]
+    assert len(keys) == 4 and all(k.endswith((".blobs.0", ".blobs.1")) for k in keys)
+    assert len(list(net.parameters())) == 4 and all(p.requires_grad for p in net.parameters())
+    net.double()
+    assert all(p.dtype == torch.float64 for p in net.parameters()) and conv.blobs[0].dtype == torch.float64
+    conv.blobs.append(torch.nn.Parameter(torch.zeros(1)))   # the list keeps working after direct inserts
+    assert len(conv.blobs) == 3 and [k for k, _ in conv.blobs.named_parameters()] == ["0", "1", "2"]

@@ -48,7 +48,7 @@ def _defines(data: Path, out: Path, crop: int, batch: int, **extra) -> Dict[str,
 
 
 def train(name: str, defines: Dict[str, object], weights: Sequence[Path] = (), iters: Optional[int] = None,
-          progress: bool = True, prefix: Optional[str] = None) -> Path:
+          progress: bool = True, prefix: Optional[str] = None, seed: Optional[int] = None) -> Path:
     """Train ``configs/scenes/<name>_solver.prototxt``; returns the final caffemodel.
 
     ``prefix``: another snapshot_prefix (the controls train the same solver under another name).
@@ -58,6 +58,8 @@ def train(name: str, defines: Dict[str, object], weights: Sequence[Path] = (), i
     overrides = {} if iters is None else {"max_iter": iters, "snapshot": iters}
     if prefix is not None:
         overrides["snapshot_prefix"] = prefix
+    if seed is not None:
+        overrides["random_seed"] = seed
     solver = Solver(CONFIGS / f"{name}_solver.prototxt", defines, overrides=overrides)
     for w in weights:
         for net in [solver.net] + solver.test_nets:
@@ -127,6 +129,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "segaware net trained on for segaware_crf's max_iter, no CRF) and plain_more (likewise)")
     p.add_argument("--ship", action="store_true",
                    help="copy the final caffemodels to configs/scenes/<net>.caffemodel (what `caffe-compat demo` loads)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="replace every solver's random_seed (weight fillers, data order, crops): another "
+                        "training run on the same data, to see the spread over seeds")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -139,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_scenes(data, SceneConfig(num_train=args.train, num_val=args.val), progress=not args.no_progress)
     todo = set(args.only or ("embs",) + VARIANTS)
     defs = _defines(data, snaps, TRAIN_CROP, args.batch)
-    kw = {"iters": args.iters, "progress": not args.no_progress}
+    kw = {"iters": args.iters, "progress": not args.no_progress, "seed": args.seed}
     model: Dict[str, Path] = {}
 
     def previous(name: str) -> Path:
@@ -164,7 +169,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         more = args.iters or read_solver(CONFIGS / "segaware_crf_solver.prototxt", defs).param.max_iter
         for v in ("plain", "segaware"):
-            w = train(v, defs, [previous(v)], iters=more, progress=kw["progress"], prefix=str(snaps / f"{v}_more"))
+            w = train(v, defs, [previous(v)], iters=more, progress=kw["progress"], prefix=str(snaps / f"{v}_more"),
+                      seed=args.seed)
             results[f"{v}_more"] = evaluate(v, w, data, work, radii)
     if results:
         atomic_write(work / f"results_{'_'.join(results)}.json",
