@@ -158,10 +158,10 @@ class DummyDataLayer(Layer):
             if fp.type not in _KNOWN_FILLERS:
                 raise self.error(f"data_filler {j}: unknown filler type {fp.type!r} "
                                  f"(known: {', '.join(_KNOWN_FILLERS)})")
-        self._refill = [fp.type != "constant" for fp in self._fillers]
-        # A refilled top whose filler is deterministic (xy) gets the same values at every
-        # forward: filled once at setup, then returned as is (the fork refills it; same numbers,
-        # and a forward without protobuf access traces in torch.compile).
+        self._constant = [fp.type == "constant" for fp in self._fillers]
+        # The fork refills every non-constant top at each forward; a deterministic one (xy) gets
+        # the same values each time, so it is filled once at setup and returned as is (same
+        # numbers, and a forward without protobuf access traces in torch.compile).
         self._random = [fp.type not in _DETERMINISTIC_FILLERS for fp in self._fillers]
         for i, s in enumerate(self.shapes):
             fp = self._filler_of(i)
@@ -217,7 +217,7 @@ class DummyDataLayer(Layer):
             j = self._filler_index(i)
             if self._random[j]:
                 self._fill(i)
-            elif not self._refill[j] and i in self._zero_first and buf.numel():
+            elif self._constant[j] and i in self._zero_first and buf.numel():
                 with torch.no_grad():
                     buf.view(-1)[0] = 0
         return tuple(b.clone() for b in bufs)

@@ -72,6 +72,8 @@ def interp_axis_table(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np
     return i0, i1, lam1
 
 
+# Two functions: assume_constant_result has no effect on an lru_cache wrapper (dynamo traces
+# into it), so the marked function is a plain one that calls the cached one.
 @functools.lru_cache(maxsize=256)
 def _cached_table_values(n_in: int, n_out: int) -> Tuple[tuple, tuple, tuple]:
     i0, i1, lam1 = interp_axis_table(n_in, n_out)

@@ -11,6 +11,11 @@ constants are kept in float64 (what ``Dtype = double`` would do).
 The difference is at most an ulp of the constant, but it is relative error in
 every output element (``exp(inner * x)`` for large ``|x|``), so it is not left
 to chance.
+
+The helpers use numpy scalars (``np.float32`` rounding, ``np.errstate``), which
+dynamo cannot trace; their arguments are layer parameters and dtypes, constants
+of a graph, so they are marked ``torch.compiler.assume_constant_result``:
+``torch.compile`` calls them at trace time and bakes the result in.
 """
 from __future__ import annotations
 
@@ -21,17 +26,6 @@ import numpy as np
 import torch
 
 #: ``FLT_MAX`` of C (the largest finite float32), used by Caffe as -infinity in MAX pooling.
-def _constant(fn):
-    """Mark a pure function of Python numbers as constant for ``torch.compile``.
-
-    These helpers use numpy scalars (``np.float32`` rounding, ``np.errstate``),
-    which dynamo cannot trace; their arguments are layer parameters and dtypes,
-    constants of the graph, so dynamo may call them at trace time and bake the
-    result in (no graph break).
-    """
-    return torch.compiler.assume_constant_result(fn)
-
-
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -40,7 +34,7 @@ def is_single(dtype: torch.dtype) -> bool:
     return dtype != torch.float64
 
 
-@_constant
+@torch.compiler.assume_constant_result
 def rnd(value: float, dtype: torch.dtype) -> float:
     """Round a Python float to the precision of Caffe's ``Dtype`` for ``dtype``."""
     if is_single(dtype):
@@ -49,13 +43,13 @@ def rnd(value: float, dtype: torch.dtype) -> float:
     return float(value)
 
 
-@_constant
+@torch.compiler.assume_constant_result
 def mul(a: float, b: float, dtype: torch.dtype) -> float:
     """``a * b`` in ``Dtype`` arithmetic (both operands first rounded to ``Dtype``)."""
     return rnd(rnd(a, dtype) * rnd(b, dtype), dtype)
 
 
-@_constant
+@torch.compiler.assume_constant_result
 def div(a: float, b: float, dtype: torch.dtype) -> float:
     """``a / b`` in ``Dtype`` arithmetic (IEEE: x/0 = +-inf, 0/0 = nan)."""
     a, b = rnd(a, dtype), rnd(b, dtype)
@@ -63,7 +57,7 @@ def div(a: float, b: float, dtype: torch.dtype) -> float:
         return rnd(float(np.float64(a) / np.float64(b)), dtype)
 
 
-@_constant
+@torch.compiler.assume_constant_result
 def func(f: Callable[[np.ndarray], np.ndarray], *args: float, dtype: torch.dtype) -> float:
     """Apply a numpy function to ``Dtype``-rounded arguments in float64 and round the result.
 
