@@ -126,10 +126,18 @@ def test_fused_equals_unfused_on_full_size_vgg_deploy():
     unfused.load_state_dict(fused.state_dict())
     data = torch.randn(1, 3, 321, 321, generator=g) * 50
     label = torch.randint(0, 21, (1, 1, 321, 321), generator=g).float()
+    fused_convs = [fused.layer_names[i] for i in fused.fusion_plan.replace]
     with torch.no_grad():
         out_f = fused(data=data, label=label)["fc8_interp"]
         out_u = unfused(data=data, label=label)["fc8_interp"]
         mask = unfused.blobs["exp_emb_dist1_2"]
+        # every fused convolution's own output, each at its own scale: masks damp the signal
+        # layer after layer, so the net's output alone would hardly see an early layer's error
+        for name in fused_convs:
+            top = unfused.top_names[unfused.layer_names.index(name)][0]
+            a, b = fused.blobs[top], unfused.blobs[top]
+            assert b.abs().max() > 1e-3, f"{name}: degenerate output, the comparison would be vacuous"
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()), msg=name)
     assert out_u.abs().max() > 1e-3, "degenerate weights: the comparison would be vacuous"
     # the masks are neither all 0 nor all 1: the segmentation-aware part is exercised
     assert 0.01 < float(mask.mean()) < 0.99 and float(mask.std()) > 0.01
