@@ -23,8 +23,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
+import sys
 
 from ..errors import CaffeCompatError
 from . import add_define_option, check_device, parse_defines
@@ -74,15 +76,38 @@ def _init_distributed(device):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..solver import Solver
-
     if args.weights and args.resume:
         raise CaffeCompatError("give --resume to continue a run or --weights to fine-tune, not both")
     device = check_device(args.device) if args.device else None
     device, distributed = _init_distributed(device)
-    logging.getLogger("caffe_compat.solver").setLevel(min(logging.getLogger().level, logging.INFO))
+    if not distributed:
+        return _train(args, device)
     try:
-        solver = Solver(args.solver, parse_defines(args.define), device=device)
+        status = _train(args, device)
+    except BaseException:
+        _leave_group()
+        raise
+    _leave_group()
+    # A torchrun worker ends here, with its status, without the interpreter's shutdown: under
+    # load, gloo's threads were still being torn down during finalization and aborted a worker
+    # after a successful run ("terminate called without an active exception", SIGABRT, about
+    # one run in twenty on 2 busy cores).  Everything this process wrote is closed and flushed.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def _train(args: argparse.Namespace, device) -> int:
+    """Build the solver, load weights or state, solve; the solver (and its DDP) is freed on return."""
+    from ..solver import Solver
+
+    logging.getLogger("caffe_compat.solver").setLevel(min(logging.getLogger().level, logging.INFO))
+    solver = Solver(args.solver, parse_defines(args.define), device=device)
+    try:
         if args.weights:
             for w in args.weights.split(","):
                 for net in [solver.net] + solver.test_nets:
@@ -95,15 +120,20 @@ def run_train(args: argparse.Namespace) -> int:
         _solve(solver, progress=not args.no_progress)
         return 130 if solver.stopped_early else 0
     finally:
-        if distributed:
-            import torch.distributed as dist
-            # wait for every rank (rank 0 may still be writing the last snapshot): tearing gloo down
-            # while a peer is still connected aborted a worker under load ("terminate called ...")
-            try:
-                dist.barrier()
-            except Exception:  # a peer already failed; its error is the one to report
-                pass
-            dist.destroy_process_group()
+        # DistributedDataParallel holds the process group and gloo work objects: drop them (and
+        # any cycles) now, while every peer is still connected, not at interpreter shutdown
+        del solver
+        gc.collect()
+
+
+def _leave_group() -> None:
+    """Wait for every rank (rank 0 may still be writing the last snapshot), then destroy the group."""
+    import torch.distributed as dist
+    try:
+        dist.barrier()
+    except Exception:  # a peer already failed; its error is the one to report
+        pass
+    dist.destroy_process_group()
 
 
 def _solve(solver, progress: bool) -> None:
