@@ -347,6 +347,24 @@ def test_template_variables_in_comments_need_no_value():
         Net.from_string(text.replace("num_output: 4", 'num_output: ${NOUT} # ${Y}'))
 
 
+def test_layer_list_is_an_ordinary_module_list():
+    """Layers are registered directly into net.layers (build speed): it must behave as appended."""
+    import caffe_compat
+    net = caffe_compat.Net.from_string(
+        'input: "data" input_shape { dim: 1 dim: 2 dim: 5 dim: 5 }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 3 '
+        'kernel_size: 3 } }\n'
+        'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n'
+        'layer { name: "p" type: "Power" bottom: "c" top: "p" }\n', seed=0)
+    assert len(net.layers) == 3 and [type(m).__name__ for m in net.layers] == [
+        type(net.layers[i]).__name__ for i in range(3)]
+    assert net.layers[-1] is list(net.layers)[2] and net.layers[0].name == "c"
+    assert [n for n, _ in net.layers.named_children()] == ["0", "1", "2"]
+    assert sorted(k for k in net.state_dict()) == ["layers.0.blobs.0", "layers.0.blobs.1"]
+    net.layers.append(torch.nn.Identity())   # the list keeps working after direct inserts
+    assert len(net.layers) == 4 and [n for n, _ in net.layers.named_children()][-1] == "3"
+
+
 def test_layer_blob_lists_are_ordinary_parameter_lists():
     """Blobs are registered directly into the ParameterList (build speed): it must behave as appended."""
     import caffe_compat

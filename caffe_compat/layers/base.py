@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerConfigError, ShapeError, UnknownLayerError, layer_error
+from ..fillers import fill
 
 log = logging.getLogger(__name__)
 
@@ -180,29 +181,31 @@ class Layer(nn.Module):
             init: a ``FillerParameter`` message, or a callable
                 ``init(tensor, generator)`` filling the tensor in place.
         """
-        from ..fillers import fill  # local import: fillers imports nothing of ours
-
-        shape = check_shape(shape, f"layer '{self.name}' blob {len(self.blobs)}")
-        shared = self.ctx.shared_blobs.get(len(self.blobs))
+        blobs = self._modules["blobs"]
+        shape = check_shape(shape, f"layer '{self.name}' blob {len(blobs)}")
+        ctx = self.ctx
+        shared = ctx.shared_blobs.get(len(blobs)) if ctx.shared_blobs else None
         if shared is not None and tuple(shared.shape) == shape:
-            _append_parameter(self.blobs, shared)
+            _append_parameter(blobs, shared)
             return shared
-        if self.ctx.memory is not None and self.ctx.device.type != "meta":
-            self.ctx.memory.reserve(math.prod(shape) * self.ctx.dtype.itemsize,
-                                    lambda: f"{self.ctx.source}: layer '{self.name}' ({self.type_name}) blob "
-                                            f"{len(self.blobs)} of shape {list(shape)}")
-        data = torch.empty(shape, dtype=self.ctx.dtype, device="cpu" if self.ctx.device.type != "meta" else "meta")
-        if data.device.type != "meta":
+        on_meta = ctx.device.type == "meta"
+        if ctx.memory is not None and not on_meta:
+            ctx.memory.reserve(math.prod(shape) * ctx.dtype.itemsize,
+                               lambda: f"{ctx.source}: layer '{self.name}' ({self.type_name}) blob "
+                                       f"{len(blobs)} of shape {list(shape)}")
+        data = torch.empty(shape, dtype=ctx.dtype, device="meta" if on_meta else "cpu")
+        if not on_meta:
             # Fill on the CPU with the net's CPU generator, then move: the same seeded
-            # values on every device (a CPU generator cannot fill a CUDA tensor).
-            with torch.no_grad():
-                if callable(init):
-                    init(data, self.ctx.generator)
-                else:
-                    fill(data, init, self.ctx.generator, where=f"layer '{self.name}'")
-            data = data.to(self.ctx.device)
+            # values on every device (a CPU generator cannot fill a CUDA tensor).  `data` is
+            # not a leaf that requires grad, so filling it needs no no_grad() (~4 us a blob).
+            if callable(init):
+                init(data, ctx.generator)
+            else:
+                fill(data, init, ctx.generator, where=f"layer '{self.name}'")
+            if ctx.device.type != "cpu":
+                data = data.to(ctx.device)
         p = nn.Parameter(data)
-        _append_parameter(self.blobs, p)
+        _append_parameter(blobs, p)
         return p
 
     # -- API -----------------------------------------------------------------
