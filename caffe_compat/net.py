@@ -43,7 +43,7 @@ from . import weights as _weights
 from .errors import (CaffeCompatError, DataError, LayerConfigError, LayerRuntimeError, MemoryBudgetError, NetError,
                      NotSupportedError, ShapeError)
 from .layers import BuildContext, Layer, get_layer_class, shape_only
-from .layers.base import check_shape
+from .layers.base import _append_module, blob_list, check_shape
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +349,7 @@ class Net(nn.Module):
                     available[t] = None
             self._setup_params(layer, lp, idx, owners)
             self._setup_loss(layer, lp, tops)
-            # what self.layers.append(layer) does, minus add_module's per-call checks (~7 us)
-            self.layers._modules[str(idx)] = layer
+            _append_module(self.layers, layer)
             self.layer_names.append(lp.name)
             self.layer_types.append(lp.type)
             self.bottom_names.append(list(lp.bottom))
@@ -372,8 +371,7 @@ class Net(nn.Module):
 
     def _setup_params(self, layer, lp, idx: int, owners) -> None:
         where = f"{self.source}: layer '{lp.name}' ({lp.type})"
-        # the blobs as a plain list: ParameterList indexing goes through getattr (~4 us a blob)
-        blobs = list(layer._modules["blobs"]._parameters.values())
+        blobs = blob_list(layer)
         n_blobs = len(blobs)
         if len(lp.param) > n_blobs:
             raise LayerConfigError(f"{where}: {len(lp.param)} param specs but the layer has {n_blobs} blobs")

@@ -356,8 +356,8 @@ def test_layer_list_is_an_ordinary_module_list():
         'kernel_size: 3 } }\n'
         'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n'
         'layer { name: "p" type: "Power" bottom: "c" top: "p" }\n', seed=0)
-    assert len(net.layers) == 3 and [type(m).__name__ for m in net.layers] == [
-        type(net.layers[i]).__name__ for i in range(3)]
+    assert len(net.layers) == 3 and [m.name for m in net.layers] == net.layer_names == ["c", "r", "p"]
+    assert [net.layers[i].type_name for i in range(3)] == net.layer_types
     assert net.layers[-1] is list(net.layers)[2] and net.layers[0].name == "c"
     assert [n for n, _ in net.layers.named_children()] == ["0", "1", "2"]
     assert sorted(k for k in net.state_dict()) == ["layers.0.blobs.0", "layers.0.blobs.1"]

@@ -84,10 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
         return _train(args, device)
     try:
         status = _train(args, device)
-    except BaseException:
+    finally:
         _leave_group()
-        raise
-    _leave_group()
     # A torchrun worker ends here, with its status, without the interpreter's shutdown: under
     # load, gloo's threads were still being torn down during finalization and aborted a worker
     # after a successful run ("terminate called without an active exception", SIGABRT, about
